@@ -1,0 +1,21 @@
+# emoca-pipeline: the whole DAG, from assets to paper tables. Logic lives in the
+# `emoca` command (emoca_pipeline/cli.py); the rules only wire files together.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/assets.smk"
+
+
+rule all:
+    input:
+        results("assets/flame_check.json"),
+    default_target: True

@@ -1,0 +1,1 @@
+"""EMOCA reimplemented as a batch pipeline."""
