@@ -1,0 +1,84 @@
+"""The Snakemake workflow and the `emoca` command, run for real in a scratch copy."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles", "envs")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir,
+        env=_env(), capture_output=True, text=True, timeout=600,
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path) -> Path:
+    """A copy of the workflow in a folder whose name has a space and non-ASCII letters."""
+    work = tmp_path / "wörk dir"
+    work.mkdir()
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    return work
+
+
+def test_lint_is_clean(workdir: Path) -> None:
+    proc = _snakemake(workdir, "--lint")
+    assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def test_default_dag_runs_and_reruns_nothing(workdir: Path) -> None:
+    _snakemake(workdir, "--config", "results=out 'q' ü")
+    results = workdir / "out 'q' ü"
+    report = json.loads((results / "assets" / "flame_check.json").read_text())
+    assert report["landmarks"] == 68 and report["vertices"] > 1000
+    for rule in ("assets", "flame_check"):
+        assert (results / "logs" / f"{rule}.log").is_file()
+        assert (results / "benchmarks" / f"{rule}.tsv").is_file()
+    again = _snakemake(workdir, "--config", "results=out 'q' ü")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_config_is_validated_against_the_schema(workdir: Path) -> None:
+    (workdir / "bad.yaml").write_text("flame:\n  n_shape: 400\n")
+    proc = _snakemake(workdir, "-n", "--configfile", "bad.yaml", check=False)
+    assert proc.returncode != 0
+    assert "400 is greater than the maximum of 300" in proc.stdout + proc.stderr
+
+
+def test_user_asset_folder_errors_name_the_folder(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "emoca_pipeline", "flame", "check", str(tmp_path / "nope")],
+        capture_output=True, text=True, env=_env(),
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"emoca: error: {tmp_path / 'nope'}: no such FLAME asset " \
+        "folder or model file"
+
+
+@pytest.mark.parametrize("command", [[], ["assets"], ["assets", "procedural"], ["flame"],
+                                     ["flame", "check"]])
+def test_every_subcommand_has_help(command: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "emoca_pipeline", *command, "--help"],
+                          capture_output=True, text=True, env=_env())
+    assert proc.returncode == 0 and "usage: emoca" in proc.stdout
