@@ -13,9 +13,11 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/assets.smk"
+include: "workflow/rules/synth.smk"
 
 
 rule all:
     input:
-        results("assets/flame_check.json"),
+        results("assets", "flame_check.json"),
+        results("synthetic", "synthetic.parquet"),
     default_target: True

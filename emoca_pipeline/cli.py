@@ -35,6 +35,15 @@ def _flame_check(args: argparse.Namespace) -> None:
     print(text)
 
 
+def _synth(args: argparse.Namespace) -> None:
+    from emoca_pipeline.synth import SynthSettings, generate_synthetic_dataset
+
+    settings = SynthSettings(n_images=args.n, seed=args.seed, image_size=args.image_size,
+                             images_per_identity=args.images_per_identity)
+    out = generate_synthetic_dataset(args.out_dir, settings, assets=args.assets)
+    print(f"wrote {settings.n_images} synthetic images and synthetic.parquet to {out}")
+
+
 def _add(
     subparsers: argparse._SubParsersAction, name: str, help_text: str,
     func: Callable[[argparse.Namespace], None] | None = None,
@@ -74,6 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--n-shape", type=int, default=100, help="identity components (<= 300)")
     check.add_argument("--n-exp", type=int, default=50, help="expression components (<= 100)")
     check.add_argument("--out", type=Path, help="also write the summary as JSON here")
+    synth = _add(
+        commands, "synth",
+        "Render a synthetic labelled face dataset (photos, landmarks, FLAME codes, emotions).",
+        _synth,
+    )
+    synth.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    synth.add_argument("--n", type=int, default=200, help="number of images (default 200)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--assets", type=Path,
+                       help="FLAME asset folder (default: procedural assets for the seed)")
+    synth.add_argument("--image-size", type=int, default=320,
+                       help="side of the square photos (default 320)")
+    synth.add_argument("--images-per-identity", type=int, default=4,
+                       help="photos of each identity (default 4)")
     return parser
 
 

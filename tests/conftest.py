@@ -13,3 +13,13 @@ def procedural_assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from emoca_pipeline.assets import generate_procedural_assets
 
     return generate_procedural_assets(tmp_path_factory.mktemp("assets") / "procedural", seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(procedural_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset (32 photos of 160 px, 4 per identity) on the procedural model."""
+    from emoca_pipeline.synth import SynthSettings, generate_synthetic_dataset
+
+    settings = SynthSettings(n_images=32, image_size=160, seed=0)
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), settings,
+                                      assets=procedural_assets)

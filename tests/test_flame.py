@@ -45,9 +45,11 @@ def smplx_folder(procedural_assets: Path, tmp_path_factory: pytest.TempPathFacto
     with open(folder / "flame" / "flame_static_embedding.pkl", "wb") as f:
         pickle.dump({"lmk_face_idx": to_numpy(emb["static_lmk_faces_idx"]),
                      "lmk_b_coords": to_numpy(emb["static_lmk_bary_coords"])}, f)
+    # smplx negates DECA's yaw, so its table holds DECA's row for yaw y at its row for -y.
+    order = np.r_[0, 40:79, 1:40]
     np.save(folder / "flame" / "flame_dynamic_embedding.npy",
-            {"lmk_face_idx": to_numpy(emb["dynamic_lmk_faces_idx"]),
-             "lmk_b_coords": to_numpy(emb["dynamic_lmk_bary_coords"])}, allow_pickle=True)
+            {"lmk_face_idx": to_numpy(emb["dynamic_lmk_faces_idx"])[order],
+             "lmk_b_coords": to_numpy(emb["dynamic_lmk_bary_coords"])[order]}, allow_pickle=True)
     return folder
 
 
@@ -227,8 +229,8 @@ def test_dynamic_contour_rows_at_thresholds(yaw_deg: float, row: int) -> None:
 def test_forward_picks_the_contour_of_the_head_yaw(procedural_assets: Path) -> None:
     layer = flame.create(procedural_assets, dtype=torch.float64)
     batch = 4
-    # Global rotations about y of -9.6, -9.4, +0.6 degrees; DECA's yaw is their negation.
-    angles = torch.tensor([-9.6, -9.4, 0.6, 45.0], dtype=torch.float64)
+    # Global rotations about y; DECA's yaw is the same angle.
+    angles = torch.tensor([9.6, 9.4, -0.6, -45.0], dtype=torch.float64)
     pose = torch.zeros(batch, 6, dtype=torch.float64)
     pose[:, 1] = torch.deg2rad(angles)
     out = layer(torch.zeros(batch, 100, dtype=torch.float64),
@@ -240,7 +242,7 @@ def test_forward_picks_the_contour_of_the_head_yaw(procedural_assets: Path) -> N
         torch.testing.assert_close(out.landmarks2d[i:i + 1, :17], expected)
     # Turning the neck instead of the whole head picks the same contour row.
     neck = torch.zeros(1, 3, dtype=torch.float64)
-    neck[0, 1] = math.radians(-9.6)
+    neck[0, 1] = math.radians(9.6)
     zeros = torch.zeros(1, 6, dtype=torch.float64)
     by_neck = layer(torch.zeros(1, 100, dtype=torch.float64),
                     torch.zeros(1, 50, dtype=torch.float64), zeros, neck_pose=neck)

@@ -33,6 +33,17 @@ __all__ = [
 FLAME_N_SHAPE = 300
 FLAME_N_EXP = 100
 
+# The official file names of a FLAME asset folder (as DECA and EMOCA read them).
+MODEL_FILE = "generic_model.pkl"
+LANDMARK_FILE = "landmark_embedding.npy"
+MEDIAPIPE_FILE = "mediapipe_landmark_embedding.npz"
+TEMPLATE_FILE = "head_template.obj"
+FACE_MASK_FILE = "uv_face_mask.png"
+FACE_EYE_MASK_FILE = "uv_face_eye_mask.png"
+DISPLACEMENT_FILE = "fixed_displacement_256.npy"
+TEXTURE_FILE = "FLAME_texture.npz"
+BFM_TEXTURE_FILE = "FLAME_albedo_from_BFM.npz"
+
 
 class FlameAssetError(ValueError):
     """A FLAME asset file is missing a key or holds arrays of the wrong shape."""

@@ -14,6 +14,9 @@ from torch import nn
 from emoca_pipeline.flame.io import (
     FLAME_N_EXP,
     FLAME_N_SHAPE,
+    LANDMARK_FILE,
+    MEDIAPIPE_FILE,
+    MODEL_FILE,
     FlameModelData,
     LandmarkEmbedding,
     MediaPipeEmbedding,
@@ -24,10 +27,6 @@ from emoca_pipeline.flame.io import (
 from emoca_pipeline.flame.lbs import batch_rodrigues, lbs, rot_mat_to_euler_y, vertices2landmarks
 
 __all__ = ["FLAME", "FlameOutput", "create", "dynamic_contour_rows"]
-
-MODEL_FILE = "generic_model.pkl"
-LANDMARK_FILE = "landmark_embedding.npy"
-MEDIAPIPE_FILE = "mediapipe_landmark_embedding.npz"
 
 NECK_JOINT = 1
 MAX_CONTOUR_YAW = 39  # degrees; the dynamic contour table has 2 * 39 + 1 rows
@@ -148,8 +147,10 @@ class FLAME(nn.Module):
     def head_yaw(self, full_pose: torch.Tensor) -> torch.Tensor:
         """Head yaw (radians) that picks the dynamic contour. full_pose (N, J*3) -> (N,).
 
-        As in DECA (and smplx): the y Euler angle of the neck's rotation composed with the
-        global one, negated, so that a global rotation of +a about y gives a yaw of -a.
+        As in DECA and EMOCA: the y Euler angle of the neck's rotation composed with the
+        global one, so that a global rotation of +a about y gives a yaw of +a. (smplx
+        negates it and follows the global rotation only; its contour tables are ordered
+        for that convention.)
         """
         batch = full_pose.shape[0]
         aa = full_pose.view(batch, -1, 3)[:, self.neck_kin_chain]
@@ -157,7 +158,7 @@ class FLAME(nn.Module):
         rel = torch.eye(3, dtype=full_pose.dtype, device=full_pose.device).expand(batch, 3, 3)
         for i in range(rots.shape[1]):
             rel = torch.bmm(rots[:, i], rel)
-        return -rot_mat_to_euler_y(rel)
+        return rot_mat_to_euler_y(rel)
 
     def forward(
         self,

@@ -41,14 +41,15 @@ class FlameTexture(nn.Module):
         self.uv_size = uv_size
         self.n_tex = basis.shape[-1]
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
-        self.register_buffer("basis", torch.as_tensor(basis, dtype=torch.float32))
+        # Stored (n_tex, P): one matmul per batch instead of DECA's (N, P, n_tex) product.
+        self.register_buffer("basis", torch.as_tensor(basis[0].T, dtype=torch.float32).contiguous())
 
     def forward(self, texcode: torch.Tensor) -> torch.Tensor:
         """Texture codes (N, n_tex) to albedo maps (N, 3, uv_size, uv_size), RGB in [0, 1]."""
         if texcode.dim() != 2 or texcode.shape[1] != self.n_tex:
             raise ValueError(f"texcode: expected shape (N, {self.n_tex}), got "
                              f"{tuple(texcode.shape)}")
-        texture = self.mean + (self.basis * texcode[:, None, :]).sum(-1)
+        texture = self.mean + texcode.to(self.basis.dtype) @ self.basis
         texture = texture.reshape(-1, self.map_size, self.map_size, 3).permute(0, 3, 1, 2)
         texture = F.interpolate(texture, [self.uv_size, self.uv_size])
         return texture[:, [2, 1, 0]]
