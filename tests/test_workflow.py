@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +32,12 @@ def _snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Comp
     return proc
 
 
+# The default DAG, shrunk to test size (the README's command runs it at full size).
+SMALL_CONFIG = """
+synth: {n_images: 12, image_size: 128, images_per_identity: 2}
+"""
+
+
 @pytest.fixture()
 def workdir(tmp_path: Path) -> Path:
     """A copy of the workflow in a folder whose name has a space and non-ASCII letters."""
@@ -39,6 +46,7 @@ def workdir(tmp_path: Path) -> Path:
     for name in WORKFLOW_FILES:
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    (work / "small.yaml").write_text(SMALL_CONFIG)
     return work
 
 
@@ -48,14 +56,16 @@ def test_lint_is_clean(workdir: Path) -> None:
 
 
 def test_default_dag_runs_and_reruns_nothing(workdir: Path) -> None:
-    _snakemake(workdir, "--config", "results=out 'q' ü")
+    args = ("--configfile", "small.yaml", "--config", "results=out 'q' ü")
+    _snakemake(workdir, *args)
     results = workdir / "out 'q' ü"
     report = json.loads((results / "assets" / "flame_check.json").read_text())
     assert report["landmarks"] == 68 and report["vertices"] > 1000
-    for rule in ("assets", "flame_check"):
+    assert pq.read_metadata(results / "synthetic" / "synthetic.parquet").num_rows == 12
+    for rule in ("assets", "flame_check", "synth"):
         assert (results / "logs" / f"{rule}.log").is_file()
         assert (results / "benchmarks" / f"{rule}.tsv").is_file()
-    again = _snakemake(workdir, "--config", "results=out 'q' ü")
+    again = _snakemake(workdir, *args)
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
