@@ -1,5 +1,12 @@
 """Training losses."""
 
+from emoca_pipeline.losses.emoca import (
+    CoarseLossWeights,
+    DetailLossWeights,
+    EmocaCoarseLoss,
+    EmocaDetailLoss,
+    IDMRFLoss,
+)
 from emoca_pipeline.losses.emotion import (
     ORIGINAL_VA_LOSS_WEIGHTS,
     SIX_TERM_VA_LOSS_WEIGHTS,
@@ -16,6 +23,11 @@ from emoca_pipeline.losses.emotion import (
 )
 
 __all__ = [
+    "CoarseLossWeights",
+    "DetailLossWeights",
+    "EmocaCoarseLoss",
+    "EmocaDetailLoss",
+    "IDMRFLoss",
     "ORIGINAL_VA_LOSS_WEIGHTS",
     "SIX_TERM_VA_LOSS_WEIGHTS",
     "VA_LOSS_TERMS",
