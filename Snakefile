@@ -14,10 +14,16 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/assets.smk"
 include: "workflow/rules/synth.smk"
+include: "workflow/rules/detect.smk"
+include: "workflow/rules/manifest.smk"
+include: "workflow/rules/emotion.smk"
 
 
 rule all:
     input:
         results("assets", "flame_check.json"),
         results("synthetic", "synthetic.parquet"),
+        expand(results("detect", "{dataset}", "summary.json"), dataset=sorted(config["datasets"])),
+        results("manifest", "_stats.json"),
+        results("emotion", "emotion_table.md"),
     default_target: True

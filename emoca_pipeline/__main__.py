@@ -4,4 +4,6 @@ import sys
 
 from emoca_pipeline.cli import main
 
-sys.exit(main())
+# Dask's worker processes re-import the main module: the guard keeps them from re-running it.
+if __name__ == "__main__":
+    sys.exit(main())

@@ -83,6 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--n-shape", type=int, default=100, help="identity components (<= 300)")
     check.add_argument("--n-exp", type=int, default=50, help="expression components (<= 100)")
     check.add_argument("--out", type=Path, help="also write the summary as JSON here")
+    from emoca_pipeline.data.cli import register as register_data
+    from emoca_pipeline.training import cli as emotion_cli
+    from emoca_pipeline.training import emoca_cli
+
+    register_data(commands)
+    train = _add(commands, "train", "Train networks (EMOCA stages, emotion networks).")
+    train_commands = train.add_subparsers(dest="train_command", metavar="NETWORK", required=True)
+    emoca_cli.register_train(train_commands)
+    emotion_cli.register_train(train_commands)
+    predict = _add(commands, "predict", "Run trained networks on a table of images or codes.")
+    emotion_cli.register_predict(
+        predict.add_subparsers(dest="predict_command", metavar="NETWORK", required=True))
+    evaluate = _add(commands, "eval", "Evaluation tables in the paper's format.")
+    emotion_cli.register_eval(
+        evaluate.add_subparsers(dest="eval_command", metavar="TABLE", required=True))
+    emoca_cli.register_import_checkpoint(commands)
+
     synth = _add(
         commands, "synth",
         "Render a synthetic labelled face dataset (photos, landmarks, FLAME codes, emotions).",

@@ -34,8 +34,15 @@ def _snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Comp
 
 # The default DAG, shrunk to test size (the README's command runs it at full size).
 SMALL_CONFIG = """
-synth: {n_images: 12, image_size: 128, images_per_identity: 2}
+synth: {n_images: 24, image_size: 128, images_per_identity: 2}
+detect: {shard_size: 10}
+emotion:
+  models:
+    emomlp_gt_codes: {input: codes, config: tiny_mlp.yaml}
+    resnet50_images: {input: images, config: tiny_cnn.yaml}
 """
+TINY_MLP = "max_epochs: 2\npatience: 1\nbatch_size: 16\nmlp: {hidden_dim: 64}\n"
+TINY_CNN = "max_epochs: 1\npatience: 1\nbatch_size: 8\nimage: {image_size: 32}\n"
 
 
 @pytest.fixture()
@@ -47,6 +54,8 @@ def workdir(tmp_path: Path) -> Path:
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
     (work / "small.yaml").write_text(SMALL_CONFIG)
+    (work / "tiny_mlp.yaml").write_text(TINY_MLP)
+    (work / "tiny_cnn.yaml").write_text(TINY_CNN)
     return work
 
 
@@ -61,10 +70,14 @@ def test_default_dag_runs_and_reruns_nothing(workdir: Path) -> None:
     results = workdir / "out 'q' ü"
     report = json.loads((results / "assets" / "flame_check.json").read_text())
     assert report["landmarks"] == 68 and report["vertices"] > 1000
-    assert pq.read_metadata(results / "synthetic" / "synthetic.parquet").num_rows == 12
-    for rule in ("assets", "flame_check", "synth"):
-        assert (results / "logs" / f"{rule}.log").is_file()
-        assert (results / "benchmarks" / f"{rule}.tsv").is_file()
+    assert pq.read_metadata(results / "synthetic" / "synthetic.parquet").num_rows == 24
+    summary = json.loads((results / "detect" / "synthetic" / "summary.json").read_text())
+    assert summary["images"] == 24
+    table = (results / "emotion" / "emotion_table.md").read_text()
+    assert "emomlp_gt_codes" in table and "resnet50_images" in table and "E-ACC" in table
+    for rule in ("assets", "flame_check", "synth", "train_emotion", "eval_emotion"):
+        assert list((results / "logs").glob(f"{rule}*")), rule
+        assert list((results / "benchmarks").glob(f"{rule}*")), rule
     again = _snakemake(workdir, *args)
     assert "Nothing to be done" in again.stdout + again.stderr
 

@@ -32,6 +32,11 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
         prefix=f".tmp-{path.name}.", suffix=path.suffix if suffix is None else suffix,
         dir=path.parent,
     )
+    # mkstemp makes the file 0600; give it the mode a plain open() would (0666 less umask),
+    # so that outputs stay readable by the rest of a cluster group.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
