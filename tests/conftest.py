@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,15 @@ def synthetic_dataset(procedural_assets: Path, tmp_path_factory: pytest.TempPath
     settings = SynthSettings(n_images=32, image_size=160, seed=0)
     return generate_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), settings,
                                       assets=procedural_assets)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Every test runs torch on one thread: the test machines have 2 shared cores, and
+    torch's many small ops stall when threads are oversubscribed."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -27,14 +27,6 @@ from emoca_pipeline.losses.emoca import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_landmark_weights_are_deca_s() -> None:
     w = landmark_weights().numpy()
     expected = np.ones(68)

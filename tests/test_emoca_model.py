@@ -27,14 +27,6 @@ from emoca_pipeline.models.encoders import ResnetEncoder, split_flame_code
 SMALL = EmocaModelSettings(image_size=64)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model(procedural_assets: Path) -> EmocaModel:
     torch.manual_seed(0)

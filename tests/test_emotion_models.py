@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +33,9 @@ from emoca_pipeline.models import (
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread() -> Iterator[None]:
-    """Seeded, single-threaded: on a shared 2-core machine OpenMP threads that wait on
-    each other make these small workloads up to 20x slower; one thread is steady."""
+def _seeded() -> None:
+    """Seeded (the single torch thread comes from conftest's autouse fixture)."""
     torch.manual_seed(0)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 # ---------------------------------------------------------------------------------------

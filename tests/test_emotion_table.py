@@ -26,17 +26,6 @@ from emoca_pipeline.training.cli import register_eval
 N = 120
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The test machine has 2 shared cores (torch is not used here, but keep the rule)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _truth(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     expression = rng.integers(0, 8, N)

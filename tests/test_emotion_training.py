@@ -36,15 +36,6 @@ from emoca_pipeline.training.emotion import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The test machine has 2 shared cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def no_inherited_parent():
     """Tests may run inside a workflow job: start without its parent-run variables."""

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from emoca_pipeline.tracking import (
     PARENT_RUN_ENV,
@@ -22,14 +21,6 @@ from emoca_pipeline.tracking import (
     resolve_tracking_uri,
     start_workflow_run,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(autouse=True)

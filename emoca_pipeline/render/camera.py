@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from emoca_pipeline.render.rasterizer import _parse_image_size
+
 __all__ = [
     "batch_orth_proj",
     "ndc_to_pixels",
@@ -83,14 +85,7 @@ def project_landmarks(landmarks: Tensor, cam: Tensor, keep_depth: bool = False) 
 
 
 def _size_vector(image_size: int | tuple[int, int], like: Tensor) -> Tensor:
-    if isinstance(image_size, int):
-        height = width = image_size
-    elif isinstance(image_size, tuple | list) and len(image_size) == 2:
-        height, width = image_size
-    else:
-        raise ValueError(f"image_size must be an int or (H, W), got {image_size!r}")
-    if height < 1 or width < 1:
-        raise ValueError(f"image_size must be positive, got {image_size!r}")
+    height, width = _parse_image_size(image_size)
     return torch.tensor([width, height], dtype=like.dtype, device=like.device)
 
 
