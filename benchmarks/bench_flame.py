@@ -76,9 +76,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from emoca_pipeline.assets import generate_procedural_assets
-
     from emoca_pipeline import flame
+    from emoca_pipeline.assets import generate_procedural_assets
 
     with tempfile.TemporaryDirectory() as tmp:
         assets = args.assets or generate_procedural_assets(Path(tmp) / "assets", seed=0)
