@@ -40,8 +40,9 @@ from emoca_pipeline.training.emotion import (
 def no_inherited_parent():
     """Tests may run inside a workflow job: start without its parent-run variables."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.delenv(PARENT_RUN_ENV, raising=False)
-        patch.delenv(WORKFLOW_ID_ENV, raising=False)
+        for name in (PARENT_RUN_ENV, WORKFLOW_ID_ENV):
+            patch.setenv(name, "")  # so that teardown restores the variable's absence
+            patch.delenv(name)
         yield
 
 

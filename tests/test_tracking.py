@@ -25,9 +25,12 @@ from emoca_pipeline.tracking import (
 
 @pytest.fixture(autouse=True)
 def no_inherited_parent(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests may run inside a workflow job: start without its parent-run variables."""
-    monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
-    monkeypatch.delenv(WORKFLOW_ID_ENV, raising=False)
+    """Tests may run inside a workflow job: start without its parent-run variables, and
+    leave none behind (start_workflow_run sets one; setenv first makes monkeypatch restore
+    the variable's absence at teardown)."""
+    for name in (PARENT_RUN_ENV, WORKFLOW_ID_ENV):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="module")

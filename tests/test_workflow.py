@@ -17,7 +17,8 @@ WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles", "envs")
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
+    # A fresh invocation: no MLflow parent run or workflow id inherited from outside.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMOCA_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
@@ -28,7 +29,9 @@ def _snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Comp
         env=_env(), capture_output=True, text=True, timeout=600,
     )
     if check and proc.returncode != 0:
-        pytest.fail(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        logs = "\n".join(f"--- {log}\n{log.read_text(errors='replace')[-3000:]}"
+                         for log in sorted(workdir.rglob("logs/**/*.log")))
+        pytest.fail(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}\n{logs}")
     return proc
 
 
