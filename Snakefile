@@ -17,6 +17,7 @@ include: "workflow/rules/synth.smk"
 include: "workflow/rules/detect.smk"
 include: "workflow/rules/manifest.smk"
 include: "workflow/rules/emotion.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:
@@ -26,4 +27,5 @@ rule all:
         expand(results("detect", "{dataset}", "summary.json"), dataset=sorted(config["datasets"])),
         results("manifest", "_stats.json"),
         results("emotion", "emotion_table.md"),
+        results("emoca", "detail", "model.pt"),
     default_target: True

@@ -43,9 +43,13 @@ emotion:
   models:
     emomlp_gt_codes: {input: codes, config: tiny_mlp.yaml}
     resnet50_images: {input: images, config: tiny_cnn.yaml}
+emoca: {deca_config: tiny_emoca.yaml, coarse_config: tiny_emoca.yaml,
+        detail_config: tiny_emoca.yaml}
 """
 TINY_MLP = "max_epochs: 2\npatience: 1\nbatch_size: 16\nmlp: {hidden_dim: 64}\n"
 TINY_CNN = "max_epochs: 1\npatience: 1\nbatch_size: 8\nimage: {image_size: 32}\n"
+TINY_EMOCA = ("max_steps: -1\nmax_epochs: 1\nbatch_size: 8\nmodel: {image_size: 32}\n"
+              "val_every_n_epochs: 1\nlimit_val_batches: 1\n")
 
 
 @pytest.fixture()
@@ -59,6 +63,7 @@ def workdir(tmp_path: Path) -> Path:
     (work / "small.yaml").write_text(SMALL_CONFIG)
     (work / "tiny_mlp.yaml").write_text(TINY_MLP)
     (work / "tiny_cnn.yaml").write_text(TINY_CNN)
+    (work / "tiny_emoca.yaml").write_text(TINY_EMOCA)
     return work
 
 
@@ -78,7 +83,9 @@ def test_default_dag_runs_and_reruns_nothing(workdir: Path) -> None:
     assert summary["images"] == 24
     table = (results / "emotion" / "emotion_table.md").read_text()
     assert "emomlp_gt_codes" in table and "resnet50_images" in table and "E-ACC" in table
-    for rule in ("assets", "flame_check", "synth", "train_emotion", "eval_emotion"):
+    assert (results / "emoca" / "detail" / "model.pt").is_file()
+    for rule in ("assets", "flame_check", "synth", "train_emotion", "eval_emotion",
+                 "train_emoca"):
         assert list((results / "logs").glob(f"{rule}*")), rule
         assert list((results / "benchmarks").glob(f"{rule}*")), rule
     again = _snakemake(workdir, *args)

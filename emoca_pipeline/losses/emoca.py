@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -32,6 +33,8 @@ __all__ = [
     "LossTerms",
     "binary_erosion",
     "expression_regularizer",
+    "ground_truth_code_loss",
+    "light_regularizer",
     "landmark_weights",
     "mediapipe_landmark_loss",
     "photometric_loss",
@@ -118,6 +121,20 @@ def expression_regularizer(exp: Tensor) -> Tensor:
     return (exp ** 2).sum() / 2
 
 
+def light_regularizer(light: Tensor) -> Tensor:
+    """DECA's white-light prior: mean squared deviation of each SH band's RGB values from
+    their mean. light: (N, 9, 3)."""
+    return ((light - light.mean(dim=2, keepdim=True)) ** 2).mean()
+
+
+def ground_truth_code_loss(predicted: Tensor, target: Tensor) -> Tensor:
+    """Mean L1 between predicted and ground-truth codes (N, K) (synthetic data only)."""
+    if predicted.shape != target.shape:
+        raise ValueError(f"ground-truth codes: predicted {tuple(predicted.shape)} and target "
+                         f"{tuple(target.shape)} differ in shape")
+    return (predicted - target).abs().mean()
+
+
 def mediapipe_landmark_loss(predicted: Tensor, target: Tensor) -> Tensor:
     """EMOCA v2: mean L1 between the 105 projected MediaPipe points (N, 105, 2) and the
     detected ones at the same MediaPipe indices (N, 105, 2)."""
@@ -175,6 +192,12 @@ class CoarseLossWeights:
     only). eye_distance, lip_distance, mouth_corner: relative landmark losses.
     photometric: masked L1. expression_reg: x sum(exp^2)/2. mediapipe_landmark,
     mediapipe_relative: EMOCA v2 options (0: off).
+    shape_reg, tex_reg: x sum(code^2)/2; light_reg: white-light prior (DECA's coarse
+    pre-training: 1e-4, 1e-4, 1.0; 0 in EMOCA's stage, where E_flame is frozen).
+    gt_shape, gt_exp, gt_pose, gt_cam: auxiliary mean-L1 losses on ground-truth codes (the
+    camera in the crop's frame). Not in the paper: synthetic data has ground truth, and on
+    a CPU budget of a few minutes it is what makes a from-scratch E_flame usable. 0: off
+    (the term is still logged when the batch has ground truth).
     """
 
     emotion: float = 1.0
@@ -185,6 +208,13 @@ class CoarseLossWeights:
     photometric: float = 2.0
     expression_reg: float = 1e-4
     mediapipe_landmark: float = 0.0
+    shape_reg: float = 0.0
+    tex_reg: float = 0.0
+    light_reg: float = 0.0
+    gt_shape: float = 0.0
+    gt_exp: float = 0.0
+    gt_pose: float = 0.0
+    gt_cam: float = 0.0
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
@@ -255,9 +285,15 @@ class EmocaCoarseLoss(nn.Module):
     def forward(self, predicted_images: Tensor, predicted_landmarks: Tensor, exp: Tensor,
                 images: Tensor, landmarks: Tensor, masks: Tensor,
                 predicted_mediapipe: Tensor | None = None,
-                mediapipe_landmarks: Tensor | None = None) -> LossTerms:
+                mediapipe_landmarks: Tensor | None = None,
+                codes: Mapping[str, Tensor] | None = None,
+                ground_truth: Mapping[str, Tensor] | None = None) -> LossTerms:
         """Shapes: predicted_images, images (N, 3, H, W); predicted_landmarks, landmarks
-        (N, 68, 2) in [-1, 1]; exp (N, n_exp); masks (N, 1, H, W); MediaPipe (N, 105, 2)."""
+        (N, 68, 2) in [-1, 1]; exp (N, n_exp); masks (N, 1, H, W); MediaPipe (N, 105, 2).
+
+        codes: the other predicted codes by name (shape (N, n_shape), tex (N, n_tex), pose
+        (N, 6), cam (N, 3), light (N, 9, 3)) for the regularisers and ground-truth terms.
+        ground_truth: true codes by name (shape, exp, pose, cam), widths as predicted."""
         w = self.weights
         parts: dict[str, tuple[Tensor, float]] = {
             "landmark": (weighted_landmark_loss(predicted_landmarks, landmarks), w.landmark),
@@ -270,6 +306,23 @@ class EmocaCoarseLoss(nn.Module):
             "photometric": (photometric_loss(predicted_images, images, masks), w.photometric),
             "expression_reg": (expression_regularizer(exp), w.expression_reg),
         }
+        codes = dict(codes or {})
+        for name, weight, term in (("shape", w.shape_reg, expression_regularizer),
+                                   ("tex", w.tex_reg, expression_regularizer),
+                                   ("light", w.light_reg, light_regularizer)):
+            if name in codes:
+                parts[f"{name}_reg"] = (term(codes[name]), weight)
+            elif weight > 0:
+                raise ValueError(f"{name}_reg > 0 needs the predicted {name} codes")
+        predicted = {**codes, "exp": exp}
+        for name in ("shape", "exp", "pose", "cam"):
+            weight = getattr(w, f"gt_{name}")
+            if ground_truth is not None and name in ground_truth and name in predicted:
+                parts[f"gt_{name}"] = (ground_truth_code_loss(predicted[name],
+                                                              ground_truth[name]), weight)
+            elif weight > 0:
+                raise ValueError(f"gt_{name} > 0 needs predicted and ground-truth {name} "
+                                 "codes (a table with ground-truth columns)")
         if self.emotion is not None:
             parts["emotion"] = (self.emotion(predicted_images, images), w.emotion)
         if (w.mediapipe_landmark > 0 and predicted_mediapipe is not None

@@ -7,10 +7,12 @@ stripping ``deca.`` and renaming FLAME's and the renderer's buffers
 (:mod:`emoca_pipeline.models.checkpoint_import`). FLAME's buffers belong to the state dict:
 a checkpoint, not the asset folder, defines the geometry a model was trained with.
 
-Stages: ``"coarse"`` trains E_expression (EMOCA; E_flame for DECA, ``expression_backbone:
-none``) and ``"detail"`` trains E_detail and D_detail. With an expression encoder, E_flame is
-frozen and always in eval mode (:meth:`EmocaModel.train` keeps it there), so shape, pose,
-camera, texture and light come from DECA.
+Stages: ``"deca"`` trains E_flame alone (DECA's coarse pre-training; the expression comes
+from E_flame, E_expression is not used), ``"coarse"`` trains E_expression (EMOCA; E_flame for
+DECA, ``expression_backbone: none``) and ``"detail"`` trains E_detail and D_detail. Outside
+the deca stage, with an expression encoder, E_flame is frozen and always in eval mode
+(:meth:`EmocaModel.train` keeps it there), so shape, pose, camera, texture and light come
+from DECA.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ __all__ = [
 #: ``format`` entry of the checkpoints written by :func:`save_emoca_checkpoint`.
 CHECKPOINT_FORMAT = "emoca-pipeline/emoca-model"
 CHECKPOINT_VERSION = 1
-Stage = Literal["coarse", "detail"]
+Stage = Literal["deca", "coarse", "detail"]
 
 
 @dataclass(frozen=True)
@@ -342,37 +344,77 @@ class EmocaModel(nn.Module):
     # ---------------------------------------------------------------- modes
 
     def set_stage(self, stage: Stage) -> EmocaModel:
-        """Select the trained part: "coarse" or "detail"; re-applies :meth:`train`."""
-        if stage not in ("coarse", "detail"):
-            raise ValueError(f"stage: expected 'coarse' or 'detail', got {stage!r}")
+        """Select the trained part: "deca" (E_flame), "coarse" (E_expression, or E_flame
+        without one) or "detail" (E_detail, D_detail); sets ``requires_grad`` of E_flame
+        and re-applies :meth:`train`."""
+        if stage not in ("deca", "coarse", "detail"):
+            raise ValueError(f"stage: expected 'deca', 'coarse' or 'detail', got {stage!r}")
         self.stage = stage
+        self.E_flame.requires_grad_(self.flame_encoder_trains)
         return self.train(self.training)
 
+    @property
+    def flame_encoder_trains(self) -> bool:
+        """Whether the current stage trains E_flame (deca; coarse without E_expression)."""
+        return self.stage == "deca" or (self.stage == "coarse" and self.E_expression is None)
+
+    @property
+    def uses_expression_encoder(self) -> bool:
+        """Whether the expression comes from E_expression (not in the deca stage)."""
+        return self.E_expression is not None and self.stage != "deca"
+
     def coarse_parameters(self) -> list[nn.Parameter]:
-        """What the coarse stage trains: E_expression (EMOCA) or E_flame (DECA)."""
-        encoder = self.E_expression if self.E_expression is not None else self.E_flame
+        """What the coarse-like stages train: E_flame (deca stage, or DECA without an
+        expression encoder) or E_expression (EMOCA's coarse stage)."""
+        encoder = self.E_flame if self.flame_encoder_trains else self.E_expression
+        assert encoder is not None
         return list(encoder.parameters())
 
     def detail_parameters(self) -> list[nn.Parameter]:
         """What the detail stage trains: E_detail and D_detail."""
         return list(self.E_detail.parameters()) + list(self.D_detail.parameters())
 
+    def init_flame_head(self, cam: Tensor | np.ndarray, ambient: float = 1.5,
+                        weight_scale: float = 0.01) -> None:
+        """Start E_flame's head at a face in view: output layer weights x ``weight_scale``,
+        biases 0 except the camera ``cam`` ``(3,)`` = (s, tx, ty) and the ambient (first)
+        SH band ``ambient`` in every channel.
+
+        A freshly initialised head outputs a camera scale near 0 (the face is a dot) and
+        random poses, which gives the landmark and photometric losses nothing to work with;
+        DECA itself never starts from scratch (it uses pretrained weights)."""
+        cam = torch.as_tensor(_array(cam), dtype=torch.float32).reshape(-1)
+        if cam.shape != (3,) or not torch.isfinite(cam).all() or cam[0] <= 0:
+            raise ValueError(f"cam: expected 3 finite values (s > 0, tx, ty), got "
+                             f"{cam.tolist()}")
+        widths = self.settings.code_widths
+        start = {}
+        offset = 0
+        for name in ("shape", "tex", "exp", "pose", "cam", "light"):
+            start[name] = offset
+            offset += widths[name]
+        last = self.E_flame.layers[-1]
+        assert isinstance(last, nn.Linear)
+        with torch.no_grad():
+            last.weight.mul_(weight_scale)
+            last.bias.zero_()
+            last.bias[start["cam"]:start["cam"] + 3] = cam
+            last.bias[start["light"]:start["light"] + 3] = ambient  # light is (9, 3)
+
     def train(self, mode: bool = True) -> EmocaModel:
         """Train mode for the parts the current stage trains; everything else stays in eval
         mode (BatchNorm statistics of frozen encoders must not move), E_flame always so
-        when an expression encoder exists."""
+        when the stage does not train it."""
         super().train(mode)
         if not mode:
             return self
-        if self.E_expression is not None:
+        if not self.flame_encoder_trains:
             self.E_flame.eval()
-        if self.stage == "coarse":
+        if self.E_expression is not None and self.stage != "coarse":
+            self.E_expression.eval()
+        if self.stage in ("deca", "coarse"):
             self.E_detail.eval()
             self.D_detail.eval()
-        else:
-            self.E_flame.eval()
-            if self.E_expression is not None:
-                self.E_expression.eval()
         return self
 
     # ---------------------------------------------------------------- forward
@@ -380,11 +422,13 @@ class EmocaModel(nn.Module):
     def encode(self, images: Tensor, with_detail: bool = True) -> EmocaCodes:
         """Images ``(N, 3, H, W)`` in [0, 1] -> :class:`EmocaCodes`.
 
-        E_flame runs without grad when it is frozen (EMOCA, or any detail stage)."""
-        coarse_grad = torch.is_grad_enabled() and self.stage == "coarse"
-        with torch.set_grad_enabled(coarse_grad and self.E_expression is None):
+        E_flame runs without grad when it is frozen (EMOCA's coarse stage, any detail stage);
+        in the deca stage the expression is E_flame's and E_expression is not run."""
+        coarse_grad = torch.is_grad_enabled() and self.stage in ("deca", "coarse")
+        with torch.set_grad_enabled(coarse_grad and self.flame_encoder_trains):
             parts = split_flame_code(self.E_flame(images), self.settings.code_widths)
-        if self.E_expression is not None:
+        if self.uses_expression_encoder:
+            assert self.E_expression is not None
             with torch.set_grad_enabled(coarse_grad):
                 parts["exp"] = self.E_expression(images)
         detail = self.E_detail(images) if with_detail else None
@@ -461,7 +505,7 @@ class EmocaModel(nn.Module):
 
     def decode(self, codes: EmocaCodes) -> EmocaOutput:
         """Coarse decode, plus the detail branch when ``codes.detail`` is given."""
-        coarse_grad = torch.is_grad_enabled() and self.stage == "coarse"
+        coarse_grad = torch.is_grad_enabled() and self.stage in ("deca", "coarse")
         with torch.set_grad_enabled(coarse_grad):
             coarse = self.decode_coarse(codes)
         detail = self.decode_detail(codes, coarse) if codes.detail is not None else None

@@ -18,12 +18,13 @@ exp, pose and the photo's cam) also feed the optional ground-truth loss terms an
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -93,6 +94,15 @@ class EmocaTrainingSettings:
     batch_size, k_per_identity: identities x images per batch (the
         detail stage exchanges detail codes among the K images of one identity).
     max_steps, max_epochs, patience, limit_val_batches: length and early stopping.
+    val_every_n_epochs: validate (and checkpoint) every this many epochs.
+    checkpoint_weights_only: Lightning checkpoints without optimizer state (a third of
+        the size: the model is 79 M parameters; no exact resume).
+    log_lightning_checkpoints: also upload Lightning's best checkpoint to MLflow (the run
+        always holds ``model.pt``, our checkpoint of the best weights, and training.json).
+    recalibrate_batchnorm: before each validation, recompute the BatchNorm statistics of
+        the trained modules as exact averages over this many training batches (0: off;
+        "precise BN"). A from-scratch E_flame's running averages lag far behind its
+        weights within a short run, so eval-mode outputs would not show what it learned.
     augment: scale/shift jitter of the crop and brightness jitter (train split only).
     accelerator, devices, precision: Lightning's ("auto" on GPUs gives bf16-mixed + DDP
         when precision/strategy say so). num_workers: DataLoader workers.
@@ -118,6 +128,10 @@ class EmocaTrainingSettings:
     max_epochs: int = 100
     patience: int = 5
     limit_val_batches: int | float = 1.0
+    val_every_n_epochs: int = 1
+    checkpoint_weights_only: bool = True
+    log_lightning_checkpoints: bool = False
+    recalibrate_batchnorm: int = 0
     augment: bool = True
     accelerator: str = "cpu"
     devices: int | str = 1
@@ -129,14 +143,22 @@ class EmocaTrainingSettings:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.k_per_identity < 1:
             raise ValueError("batch_size and k_per_identity: must be >= 1")
-        if self.assets is None and self.init is None:
-            raise ValueError("assets or init: one must be given (a FLAME asset folder or a "
-                             "checkpoint to start from)")
+        if self.val_every_n_epochs < 1:
+            raise ValueError(f"val_every_n_epochs: must be >= 1, got {self.val_every_n_epochs}")
+        if self.recalibrate_batchnorm < 0:
+            raise ValueError(f"recalibrate_batchnorm: must be >= 0, got "
+                             f"{self.recalibrate_batchnorm}")
 
 
-def load_emoca_settings(path: str | os.PathLike) -> EmocaTrainingSettings:
+def load_emoca_settings(path: str | os.PathLike, init: str | os.PathLike | None = None,
+                        assets: str | os.PathLike | None = None) -> EmocaTrainingSettings:
     """:func:`load_settings` for :class:`EmocaTrainingSettings`; relative file settings are
-    made relative to the config file's folder."""
+    made relative to the config file's folder. ``init`` and ``assets``, when given,
+    replace the file's (as given: relative to the working directory).
+
+    Raises:
+        FileNotFoundError: ``init`` or ``assets`` given but missing.
+    """
     settings = load_settings(path, EmocaTrainingSettings)
     folder = Path(path).parent
     changes = {}
@@ -144,6 +166,11 @@ def load_emoca_settings(path: str | os.PathLike) -> EmocaTrainingSettings:
         value = getattr(settings, name)
         if value is not None and not Path(value).is_absolute():
             changes[name] = str(folder / value)
+    for name, override in (("init", init), ("assets", assets)):
+        if override is not None:
+            if not Path(override).exists():
+                raise FileNotFoundError(f"{name} {override}: no such file or folder")
+            changes[name] = str(Path(override).resolve())
     return dataclasses.replace(settings, **changes)
 
 
@@ -411,6 +438,54 @@ class EmocaModule(pl.LightningModule):
             metrics["exp_error"] = (codes.exp - gt).abs().mean().detach()
         return terms.total, metrics
 
+    def trained_modules(self) -> list[torch.nn.Module]:
+        """The modules this stage trains (their BatchNorm statistics move)."""
+        m = self.model
+        if self.stage == "detail":
+            return [m.E_detail, m.D_detail]
+        if m.flame_encoder_trains:
+            return [m.E_flame]
+        assert m.E_expression is not None
+        return [m.E_expression]
+
+    @torch.no_grad()
+    def recalibrate_batchnorm(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> int:
+        """Reset the trained modules' BatchNorm statistics and recompute them as exact
+        averages over ``batches`` (forward passes in train mode, no grad); returns the
+        number of batches used (0: statistics left as they were)."""
+        norms = [module for part in self.trained_modules() for module in part.modules()
+                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+        saved = [(n.momentum, n.running_mean.clone(), n.running_var.clone()) for n in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # cumulative average
+        was_training = self.model.training
+        self.model.train()
+        used = 0
+        try:
+            for batch in batches:
+                self.model(batch["image"].to(self.device), with_detail=self.stage == "detail")
+                used += 1
+        finally:
+            for norm, (momentum, mean, var) in zip(norms, saved, strict=True):
+                norm.momentum = momentum
+                if used == 0:
+                    norm.running_mean.copy_(mean)
+                    norm.running_var.copy_(var)
+            self.model.train(was_training)
+        return used
+
+    def on_train_start(self) -> None:
+        # Lightning keeps the modes modules come in with, and a loaded checkpoint comes in
+        # eval mode: put the stage's trained parts in train mode (frozen ones stay in eval).
+        self.model.train()
+
+    def on_validation_epoch_start(self) -> None:
+        count = getattr(self, "recalibration_batches", 0)
+        if count > 0 and not self.trainer.sanity_checking:
+            loader = self.trainer.datamodule.train_dataloader()
+            self.recalibrate_batchnorm(itertools.islice(loader, count))
+
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, metrics = self.losses(batch, training=True)
         size = batch["image"].shape[0]
@@ -497,7 +572,9 @@ def build_model(settings: EmocaTrainingSettings) -> EmocaModel:
             raise ValueError(f"init {settings.init}: model settings {model.settings} differ "
                              f"from the config's {settings.model}")
         return model
-    assert settings.assets is not None
+    if settings.assets is None:
+        raise ValueError("assets or init: one must be given (a FLAME asset folder or a "
+                         "checkpoint to start from), in the config or as arguments")
     return EmocaModel.from_assets(settings.assets, settings.model,
                                   flame_weights=settings.flame_weights)
 
@@ -511,6 +588,8 @@ def train_emoca(
     results_dir: str | os.PathLike = "results",
     parent_run_id: str | None = None,
     model: EmocaModel | None = None,
+    init: str | os.PathLike | None = None,
+    assets: str | os.PathLike | None = None,
 ) -> EmocaTrainingResult:
     """Train one stage; write ``OUT/model.pt``, ``OUT/training.json``, ``OUT/checkpoints/``.
 
@@ -524,6 +603,8 @@ def train_emoca(
         parent_run_id: MLflow parent (default ``$EMOCA_MLFLOW_PARENT_RUN`` or on demand).
         model: start from this model, as it is, instead of ``init``/``assets`` and
             :func:`prepare_model` (tests, notebooks).
+        init, assets: override the config's ``init`` / ``assets`` (the workflow passes the
+            previous stage's model.pt and the FLAME asset folder).
     """
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -533,7 +614,7 @@ def train_emoca(
     if stage not in STAGES:
         raise ValueError(f"stage: expected one of {', '.join(STAGES)}, got {stage!r}")
     started = time.perf_counter()
-    settings = load_emoca_settings(config_file)
+    settings = load_emoca_settings(config_file, init=init, assets=assets)
     out = Path(out_dir)
     pl.seed_everything(settings.seed, workers=True, verbose=False)
     data = EmocaDataModule(table, settings, stage)
@@ -548,6 +629,7 @@ def train_emoca(
         if stage == "detail" else None
     lr = settings.learning_rate or {"deca": 1e-4, "coarse": 5e-5, "detail": 1e-4}[stage]
     module = EmocaModule(model, stage, coarse_loss, detail_loss, lr, settings.seed)
+    module.recalibration_batches = settings.recalibrate_batchnorm
 
     disabled = {}
     if stage != "detail" and coarse_loss.emotion is None and coarse_weights.emotion > 0:
@@ -558,7 +640,7 @@ def train_emoca(
         tracking_uri, results_dir, settings.experiment, f"{settings.name}-{stage}",
         parent_run_id=parent_run_id,
         tags={"emoca.job": f"train_{stage}", **disabled, **input_tags(table=table)},
-        finish_on_teardown=False)
+        log_model=settings.log_lightning_checkpoints, finish_on_teardown=False)
     try:
         log_params(logger, {"stage": stage, "table": str(Path(table).resolve()),
                             **settings_to_dict(settings), "learning_rate_used": lr})
@@ -568,22 +650,29 @@ def train_emoca(
             stale.unlink()
         checkpoint = ModelCheckpoint(
             dirpath=checkpoints, filename="step{step:06d}-val_loss{val/loss:.5f}",
-            auto_insert_metric_name=False, monitor="val/loss", mode="min", save_top_k=1)
+            auto_insert_metric_name=False, monitor="val/loss", mode="min", save_top_k=1,
+            save_weights_only=settings.checkpoint_weights_only)
         stopping = EarlyStopping(monitor="val/loss", mode="min", patience=settings.patience)
         trainer = pl.Trainer(
             accelerator=settings.accelerator, devices=settings.devices,
             strategy=settings.strategy, precision=settings.precision,
             max_epochs=settings.max_epochs, max_steps=settings.max_steps,
-            limit_val_batches=settings.limit_val_batches, logger=logger,
+            limit_val_batches=settings.limit_val_batches,
+            check_val_every_n_epoch=settings.val_every_n_epochs, logger=logger,
             callbacks=[checkpoint, stopping], enable_progress_bar=False,
             num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=out)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            # Frozen parts are in eval mode on purpose (EmocaModel.train keeps them there).
+            warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
             trainer.fit(module, datamodule=data)
         best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
         if best is not None:
             state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
             module.load_state_dict(state)
+        elif settings.recalibrate_batchnorm > 0:  # no validation ran: calibrate the last
+            module.recalibrate_batchnorm(itertools.islice(data.train_dataloader(),
+                                                          settings.recalibrate_batchnorm))
         val = {k: float(v) for k, v in trainer.callback_metrics.items()
                if k.startswith("val/")}
         model_path = save_emoca_checkpoint(out / "model.pt", module.model.eval(),

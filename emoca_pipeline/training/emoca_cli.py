@@ -16,7 +16,8 @@ def _train(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = train_emoca(args.stage, args.config, args.table, args.out,
-                         tracking_uri=args.tracking_uri, results_dir=args.results)
+                         tracking_uri=args.tracking_uri, results_dir=args.results,
+                         init=args.init, assets=args.assets)
     print(f"wrote {result.model_path} (MLflow run {result.run_id}); "
           f"val loss {result.val_metrics.get('val/loss', float('nan')):.4f}")
 
@@ -35,6 +36,10 @@ def register_train(train_subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("--tracking-uri", metavar="URI")
         parser.add_argument("--results", type=Path, default=Path("results"))
         parser.add_argument("--threads", type=int)
+        parser.add_argument("--init", type=Path, metavar="MODEL",
+                            help="start from this model.pt (replaces the config's init)")
+        parser.add_argument("--assets", type=Path, metavar="DIR",
+                            help="FLAME asset folder (replaces the config's assets)")
         parser.set_defaults(func=_train, stage=stage)
 
 

@@ -15,6 +15,21 @@ def results(*parts):
     return str(Path(config["results"], *parts))
 
 
+def mlflow_tracking_uri():
+    """The configured MLflow tracking URI; default: a sqlite database in the results folder."""
+    return config["mlflow"]["tracking_uri"] or "sqlite:///" + str(
+        Path(results("mlflow.db")).resolve()
+    )
+
+
+def emoca_table():
+    """EMOCA's training table: the synthetic one of rule `synth`, or the configured path."""
+    table = config["emoca"]["table"]
+    if table == "synthetic":
+        return results("synthetic", "synthetic.parquet")
+    return table
+
+
 def flame_assets():
     """The FLAME asset folder: the procedural one made by rule `assets`, or the user's."""
     source = config["assets"]["flame"]

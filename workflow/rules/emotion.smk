@@ -19,8 +19,7 @@ rule train_emotion:
     params:
         kind=lambda wildcards: config["emotion"]["models"][wildcards.model]["input"],
         out=lambda wildcards, output: Path(output.model).parent,
-        tracking_uri=config["mlflow"]["tracking_uri"]
-        or "sqlite:///" + str(Path(results("mlflow.db")).resolve()),
+        tracking_uri=mlflow_tracking_uri(),
         experiment=config["mlflow"]["experiment"],
     wildcard_constraints:
         model=r"[A-Za-z0-9_.-]+",
