@@ -50,14 +50,6 @@ N_TRAIN = 4
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
 def no_inherited_parent(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests may run inside a workflow job: start without its parent-run variables."""
     monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
