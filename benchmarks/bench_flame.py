@@ -13,21 +13,10 @@ from __future__ import annotations
 import argparse
 import pickle
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-
-
-def best_time(fn, repeats: int) -> float:
-    """Best wall time of ``repeats`` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from timing import best_time
 
 
 def smplx_layer(assets: Path, folder: Path, batch: int):

@@ -23,25 +23,14 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from timing import best_time
 
 from emoca_pipeline.losses.emoca import CoarseLossWeights, EmocaCoarseLoss
 from emoca_pipeline.models.emoca import EmocaModel, EmocaModelSettings
 from emoca_pipeline.render import orthographic_project, project_landmarks
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Best wall time of ``repeats`` calls of ``fn`` after one warm-up call, seconds."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def matmul_gflops(repeats: int, n: int = 2048) -> float:
