@@ -184,6 +184,13 @@ class EmotionConsistencyLoss(nn.Module):
         return F.mse_loss(self.network.features(rendered), target)
 
 
+def _check_weights(weights: object) -> None:
+    """Every loss weight of a settings object is >= 0 (one line naming the bad one)."""
+    for name, value in vars(weights).items():
+        if value < 0:
+            raise ValueError(f"{name}: loss weight must be >= 0, got {value}")
+
+
 @dataclass(frozen=True)
 class CoarseLossWeights:
     """Weights of the coarse terms (defaults: EMOCA's final coarse stage).
@@ -217,9 +224,7 @@ class CoarseLossWeights:
     gt_cam: float = 0.0
 
     def __post_init__(self) -> None:
-        for name, value in self.__dict__.items():
-            if value < 0:
-                raise ValueError(f"{name}: loss weight must be >= 0, got {value}")
+        _check_weights(self)
 
 
 @dataclass(frozen=True)
@@ -239,9 +244,7 @@ class DetailLossWeights:
     z_sym: float = 0.005
 
     def __post_init__(self) -> None:
-        for name, value in self.__dict__.items():
-            if value < 0:
-                raise ValueError(f"{name}: loss weight must be >= 0, got {value}")
+        _check_weights(self)
 
 
 class LossTerms(NamedTuple):
