@@ -22,7 +22,7 @@ from PIL import Image
 from skimage import data
 from test_images import BROKEN, _jpeg  # the broken-file corpus of the image reader's tests
 
-from emoca_pipeline.data.cli import register
+from emoca_pipeline.cli.data import register
 from emoca_pipeline.data.crop import crop_box_from_landmarks, crop_transform, transform_points
 from emoca_pipeline.data.detect import (
     DetectSettings,

@@ -15,13 +15,13 @@ from PIL import Image
 from scipy.stats import pearsonr
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+from emoca_pipeline.cli.emotion import register_eval
 from emoca_pipeline.evaluation.emotion_table import (
     TABLE_COLUMNS,
     evaluate_emotion,
     read_emotion_predictions,
     write_emotion_predictions,
 )
-from emoca_pipeline.training.cli import register_eval
 
 N = 120
 

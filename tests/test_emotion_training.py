@@ -22,11 +22,11 @@ import torch
 from PIL import Image
 from sklearn.metrics import accuracy_score
 
+from emoca_pipeline.cli.emotion import register_eval, register_predict, register_train
 from emoca_pipeline.data.crop import crop_box_from_landmarks, crop_transform, warp_crop
 from emoca_pipeline.losses.emotion import EmotionLoss, VALossSettings
 from emoca_pipeline.models.emotion import EmotionImageNet
 from emoca_pipeline.tracking import PARENT_RUN_ENV, WORKFLOW_ID_ENV
-from emoca_pipeline.training.cli import register_eval, register_predict, register_train
 from emoca_pipeline.training.config import load_emotion_settings
 from emoca_pipeline.training.emotion import (
     EmotionDataModule,

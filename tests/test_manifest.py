@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from data_helpers import affectnet_line, face_landmarks, write_synthetic_dataset
 
-from emoca_pipeline.data.cli import register
+from emoca_pipeline.cli.data import register
 from emoca_pipeline.data.detect import DetectSettings, read_detections, run_detection
 from emoca_pipeline.data.manifest import (
     AFFECTNET_CLASSES,

@@ -18,32 +18,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from emoca_pipeline.cli.common import add_command, positive_int, set_threads
+
 __all__ = ["register_eval", "register_predict", "register_train"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-def _add(subparsers: argparse._SubParsersAction, name: str, help_text: str,
-         description: str) -> argparse.ArgumentParser:
-    return subparsers.add_parser(
-        name, help=help_text, description=description,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -53,7 +30,7 @@ def _add(subparsers: argparse._SubParsersAction, name: str, help_text: str,
 def _train_emotion(args: argparse.Namespace) -> None:
     from emoca_pipeline.training.emotion import train_emotion
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     result = train_emotion(
         args.config, args.manifest, args.out, args.input, codes_table=args.codes,
         tracking_uri=args.tracking_uri, results_dir=args.results, experiment=args.experiment,
@@ -67,12 +44,13 @@ def _train_emotion(args: argparse.Namespace) -> None:
 
 def register_train(train_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``emotion`` to the ``train`` group; returns its parser."""
-    parser = _add(
+    parser = add_command(
         train_subparsers, "emotion", "Train an emotion network (EmoMLP on codes or ResNet-50 "
         "on images).",
-        "Train an emotion network on a labelled Parquet table's train split, with early\n"
-        "stopping on its val split; write OUT/model.pt, OUT/predictions.parquet (test split),\n"
-        "OUT/training.json and OUT/checkpoints/, and track the run in MLflow.",
+        description=(
+            "Train an emotion network on a labelled Parquet table's train split, with early\n"
+            "stopping on its val split; write OUT/model.pt, OUT/predictions.parquet (test split),\n"
+            "OUT/training.json and OUT/checkpoints/, and track the run in MLflow."),
     )
     parser.add_argument("--input", required=True, choices=("codes", "images"),
                         help="codes: EmoMLP on FLAME shape/exp/jaw; images: ResNet-50 on crops")
@@ -94,7 +72,7 @@ def register_train(train_subparsers: argparse._SubParsersAction) -> argparse.Arg
                         help="MLflow experiment (default: the config's 'experiment')")
     parser.add_argument("--name", metavar="NAME",
                         help="model and run name (default: the config's 'name')")
-    parser.add_argument("--threads", type=_positive_int, metavar="N",
+    parser.add_argument("--threads", type=positive_int, metavar="N",
                         help="torch CPU threads (default: torch's choice)")
     parser.set_defaults(func=_train_emotion)
     return parser
@@ -107,7 +85,7 @@ def register_train(train_subparsers: argparse._SubParsersAction) -> argparse.Arg
 def _predict_emotion(args: argparse.Namespace) -> None:
     from emoca_pipeline.training.emotion import predict_emotion
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     path = predict_emotion(args.model, args.manifest, args.out, split=args.split,
                            codes_table=args.codes, model_name=args.name,
                            batch_size=args.batch_size)
@@ -116,8 +94,9 @@ def _predict_emotion(args: argparse.Namespace) -> None:
 
 def register_predict(predict_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``emotion`` to the ``predict`` group; returns its parser."""
-    parser = _add(
+    parser = add_command(
         predict_subparsers, "emotion", "Run a trained emotion network on a Parquet table.",
+        description=
         "Run a model.pt written by 'emoca train emotion' on the rows of TABLE in one split\n"
         "and write a predictions Parquet file for 'emoca eval emotion'.",
     )
@@ -133,9 +112,9 @@ def register_predict(predict_subparsers: argparse._SubParsersAction) -> argparse
                         help="Parquet of codes joined on image_id (EmoMLP only)")
     parser.add_argument("--name", metavar="NAME",
                         help="model name in the predictions (default: the trained name)")
-    parser.add_argument("--batch-size", type=_positive_int, default=256, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int, default=256, metavar="N",
                         help="inference batch size (default: 256)")
-    parser.add_argument("--threads", type=_positive_int, metavar="N",
+    parser.add_argument("--threads", type=positive_int, metavar="N",
                         help="torch CPU threads (default: torch's choice)")
     parser.set_defaults(func=_predict_emotion)
     return parser
@@ -156,8 +135,9 @@ def _eval_emotion(args: argparse.Namespace) -> None:
 
 def register_eval(eval_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``emotion`` to the ``eval`` group; returns its parser."""
-    parser = _add(
+    parser = add_command(
         eval_subparsers, "emotion", "Emotion table (V/A PCC, CCC, RMSE, SAGR; accuracy, F1).",
+        description=
         "Compare the models in predictions files on one test split: write OUT/emotion_table\n"
         ".csv/.md/.tex (rows = models; columns V-PCC V-CCC V-RMSE V-SAGR A-PCC A-CCC A-RMSE\n"
         "A-SAGR E-ACC E-F1), OUT/confusion_matrices.png and OUT/emotion_metrics.json.",
