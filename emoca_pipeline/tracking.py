@@ -11,7 +11,10 @@ Where runs go:
   folder the job happens to run in. A server chooses its own artifact store.
 
 Run layout: one *parent run* per workflow invocation, one *child run* per training job
-(children carry MLflow's ``mlflow.parentRunId`` tag, so the UI nests them). The parent is,
+(:func:`make_mlflow_logger`) and per evaluation job (:func:`job_run`, tagged
+``emoca.run_kind=evaluation``; its cells logged with :func:`log_metrics` under
+:func:`metric_key` names) (children carry MLflow's ``mlflow.parentRunId`` tag, so the UI
+nests them). The parent is,
 in order of precedence:
 
 1. the ``parent_run_id`` argument;
@@ -34,9 +37,9 @@ experiment); a mismatch is an error naming both.
 Every child run gets the tags ``mlflow.source.git.commit`` (and ``emoca.git_dirty``) of the
 source tree the package was imported from, plus whatever the caller passes (use
 :func:`input_tags` for the BLAKE2b digests of the input manifest and other inputs). The
-caller logs the resolved config with :func:`log_params`; the Lightning checkpoints are logged
-as artifacts by the logger (``log_model=True``: those ModelCheckpoint kept, at the end of
-training), and extra files with :func:`log_artifact`.
+caller logs the resolved config with :func:`log_params` and files (its model, the best
+Lightning checkpoint) with :func:`log_artifact` after ``fit``: the logger itself logs no
+checkpoints, and uses only the public APIs of Lightning and MLflow.
 
 Concurrency: two jobs may start at once on one sqlite file. The first touch of the database
 (which creates its tables) and experiment creation run under an exclusive ``flock`` on
@@ -49,7 +52,9 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import math
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -73,9 +78,12 @@ __all__ = [
     "flatten_params",
     "git_state",
     "input_tags",
+    "job_run",
     "log_artifact",
+    "log_metrics",
     "log_params",
     "make_mlflow_logger",
+    "metric_key",
     "resolve_tracking_uri",
     "start_workflow_run",
 ]
@@ -285,44 +293,48 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
 
 
 class EmocaMLFlowLogger(MLFlowLogger):
-    """Lightning's MLFlowLogger with the run layout of this module.
+    """Lightning's MLFlowLogger with the run layout of this module (it logs no checkpoints:
+    jobs log the files they choose with :func:`log_artifact`).
 
     Attributes:
+        store_uri: the tracking URI.
         parent_run_id: the run this one is nested under.
         owns_parent: True when this job ends the parent too (parents found or made through
             ``$EMOCA_WORKFLOW_ID`` or made for this job alone; see the module docstring).
         finish_on_teardown: False keeps the run open when Lightning finalizes the logger at
-            the end of ``fit`` (checkpoints are still logged then), so that the job can log
-            test metrics and files afterwards; the job then calls :meth:`finish`. A failure
-            inside ``fit`` ends the run as FAILED either way.
+            the end of ``fit``, so that the job can log test metrics and files afterwards;
+            the job then calls :meth:`finish`. A failure inside ``fit`` ends the run as
+            FAILED either way.
+        ended: whether :meth:`finish` ended the run.
     """
 
-    def __init__(self, *args: Any, parent_run_id: str, owns_parent: bool,
+    def __init__(self, *, tracking_uri: str, parent_run_id: str, owns_parent: bool,
                  finish_on_teardown: bool = True, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(tracking_uri=tracking_uri, log_model=False, **kwargs)
+        self.store_uri = tracking_uri
         self.parent_run_id = parent_run_id
         self.owns_parent = owns_parent
         self.finish_on_teardown = finish_on_teardown
-        self._finished = False
+        self.ended = False
 
     def finalize(self, status: str = "success") -> None:
+        """Lightning's end-of-``fit`` hook: ends the run unless ``finish_on_teardown`` is
+        False and ``fit`` succeeded."""
         if status in ("success", "finished") and not self.finish_on_teardown:
-            if self._checkpoint_callback and self._initialized:
-                self._scan_and_log_checkpoints(self._checkpoint_callback)
             return
         self.finish(status)
 
     def finish(self, status: str = "success") -> None:
         """End the run (and an owned parent): "success"/"finished" -> FINISHED, anything
-        else -> FAILED; checkpoints not logged yet are logged first. Idempotent."""
-        if self._finished or not self._initialized:
+        else -> FAILED. Idempotent."""
+        if self.ended:
             return
-        self._finished = True
-        super().finalize(status)
+        self.ended = True
+        failed = status not in ("success", "finished")
+        client = self.experiment
+        client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
         if self.owns_parent:
-            failed = status not in ("success", "finished")
-            client = self.experiment
-            with _store_lock(self._tracking_uri):
+            with _store_lock(self.store_uri):
                 if failed or client.get_run(self.parent_run_id).info.status != "FAILED":
                     client.set_terminated(self.parent_run_id, "FAILED" if failed else "FINISHED")
 
@@ -383,7 +395,6 @@ def make_mlflow_logger(
     run_name: str,
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
-    log_model: bool = True,
     finish_on_teardown: bool = True,
 ) -> EmocaMLFlowLogger:
     """The MLflow logger of one training job, its run already created.
@@ -396,7 +407,6 @@ def make_mlflow_logger(
         parent_run_id: parent run; default: ``$EMOCA_MLFLOW_PARENT_RUN``, else the parent
             of ``$EMOCA_WORKFLOW_ID``, else one made for this job (see the module docstring).
         tags: extra tags of the child run (e.g. :func:`input_tags`).
-        log_model: log ModelCheckpoint's checkpoints as artifacts at the end of training.
         finish_on_teardown: end the run when ``fit`` ends (see :class:`EmocaMLFlowLogger`).
 
     Raises:
@@ -420,7 +430,6 @@ def make_mlflow_logger(
         run_name=run_name,
         tracking_uri=uri,
         tags=child_tags,
-        log_model=log_model,
         artifact_location=_artifact_location(uri, results_dir),
         parent_run_id=parent,
         owns_parent=owns_parent,
@@ -490,3 +499,53 @@ def log_artifact(logger: MLFlowLogger, path: str | os.PathLike, artifact_path: s
                  ) -> None:
     """Copy a local file into the run's artifacts (under ``artifact_path``)."""
     logger.experiment.log_artifact(logger.run_id, str(path), artifact_path)
+
+
+def metric_key(*parts: str) -> str:
+    """An MLflow metric name from table labels: each part lower-cased, every run of other
+    characters than letters and digits made one ``_``, parts joined by ``/``
+    (``metric_key("mean code", "V-err (mm)") == "mean_code/v_err_mm"``)."""
+    words = ["_".join(re.findall(r"[0-9a-z]+", part.lower())) for part in parts]
+    if not all(words):
+        raise ValueError(f"metric name parts {parts!r}: each needs a letter or digit")
+    return "/".join(words)
+
+
+def log_metrics(logger: MLFlowLogger, metrics: Mapping[str, float], step: int = 0) -> None:
+    """Log ``{name: value}`` in batches; values that are not finite (an undefined table cell)
+    are left out rather than stored as NaN."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(key, float(value), now, step) for key, value in metrics.items()
+             if value is not None and math.isfinite(float(value))]
+    for start in range(0, len(items), 1000):  # MLflow's batch limit
+        logger.experiment.log_batch(logger.run_id, metrics=items[start:start + 1000])
+
+
+@contextlib.contextmanager
+def job_run(
+    tracking_uri: str | None,
+    results_dir: str | os.PathLike,
+    experiment: str,
+    run_name: str,
+    kind: str,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[EmocaMLFlowLogger]:
+    """A job's child run for work outside Lightning (e.g. an evaluation), as
+    :func:`make_mlflow_logger` makes it, tagged ``emoca.run_kind=kind``, with ``params``
+    logged (:func:`log_params`); FINISHED when the block ends, FAILED when it raises."""
+    logger = make_mlflow_logger(tracking_uri, results_dir, experiment, run_name,
+                                parent_run_id=parent_run_id,
+                                tags={**(tags or {}), "emoca.run_kind": kind},
+                                finish_on_teardown=False)
+    try:
+        if params:
+            log_params(logger, params)
+        yield logger
+    except BaseException:
+        logger.finish("failed")
+        raise
+    logger.finish("success")

@@ -132,3 +132,101 @@ def test_coarse_loss_emotion_term_and_weights() -> None:
     assert rendered.grad is not None and rendered.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="must be >= 0"):
         CoarseLossWeights(photometric=-1)
+
+
+def test_erosion_binarises_like_scipy() -> None:
+    """DECA/EMOCA erode the soft UV visibility mask with scipy.ndimage.binary_erosion, which
+    counts every non-zero value as inside (border outside = 0)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(4)
+    soft = rng.uniform(0, 1, (2, 1, 24, 24)) * (rng.uniform(0, 1, (2, 1, 24, 24)) > 0.15)
+    soft[0, 0, 5:20, 4:22] = rng.uniform(0.01, 0.3, (15, 18))  # a faint but non-zero region
+    expected = np.stack([ndimage.binary_erosion(m[0], np.ones((5, 5)))[None] for m in soft])
+    got = binary_erosion(torch.from_numpy(soft).float(), 5)
+    np.testing.assert_array_equal(got.numpy(), expected.astype(np.float32))
+    assert expected[0, 0, 7:18, 6:20].all()  # the faint region survives, as in the original
+
+
+def test_a_weight_without_its_network_is_an_error() -> None:
+    with pytest.raises(ValueError, match="emotion = 1.0 needs a trained emotion network"):
+        EmocaCoarseLoss(CoarseLossWeights())
+    with pytest.raises(ValueError, match="identity = 0.2 needs the VGGFace2"):
+        EmocaCoarseLoss(CoarseLossWeights(emotion=0.0, identity=0.2))
+    with pytest.raises(ValueError, match="lip_reading = 0.0015 needs the lip-reading"):
+        EmocaCoarseLoss(CoarseLossWeights(emotion=0.0, lip_reading=0.0015))
+
+
+def test_lip_reading_weights_missing_message(tmp_path) -> None:
+    from emoca_pipeline.losses.lipreading import load_lipreading_frontend
+
+    path = tmp_path / "LRS3_V_WER32.3" / "model.pth"
+    with pytest.raises(FileNotFoundError, match=r"lip-reading weights not found at .*model\.pth"
+                                                r": the lip-reading loss needs"):
+        load_lipreading_frontend(path)
+
+
+def test_lip_reading_frontend_loads_the_released_layout(tmp_path) -> None:
+    from emoca_pipeline.losses.lipreading import LipReadingFrontend, load_lipreading_frontend
+
+    torch.manual_seed(0)
+    source = LipReadingFrontend("prelu")
+    # The released model.pth: the E2E state dict, front-end under encoder.frontend.
+    state = {f"encoder.frontend.{k}": v for k, v in source.state_dict().items()}
+    state["encoder.embed.0.weight"] = torch.zeros(256, 512)  # conformer: not needed
+    state["decoder.output_layer.weight"] = torch.zeros(10, 256)
+    path = tmp_path / "model.pth"
+    torch.save(state, path)
+    loaded = load_lipreading_frontend(path)
+    assert loaded.relu_type == "prelu"  # read from the weights (PReLU has parameters)
+    frames = torch.rand(3, 1, 88, 88)
+    with torch.no_grad():
+        assert torch.equal(loaded(frames), source.eval()(frames))
+        assert loaded(frames).shape == (3, 1, 512)
+    del state["encoder.frontend.trunk.layer4.1.conv2.weight"]
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"missing key 'encoder\.frontend\.trunk\.layer4\.1\."
+                                         r"conv2\.weight'"):
+        load_lipreading_frontend(path)
+
+
+def test_mouth_crop_by_hand() -> None:
+    """The crop is a 96 x 96 grid of +-48 px (in units of half the image size) around the
+    mean of points 48..67, sampled with align_corners=True: column j of the crop reads image
+    x = ((cx + (-48 + j * 96 / 95) / (W / 2)) + 1) / 2 * (W - 1)."""
+    from emoca_pipeline.losses.lipreading import cut_mouth
+
+    size = 224
+    image = torch.zeros(1, 3, size, size, dtype=torch.float64)
+    image[:, :, 100:140, 60:180] = 1.0  # a white mouth-sized block (luma 0.2989+0.587+0.114)
+    landmarks = torch.zeros(1, 68, 2, dtype=torch.float64)
+    landmarks[0, 48:68, 0] = torch.linspace(-0.2, 0.2, 20, dtype=torch.float64)  # mean 0
+    landmarks[0, 48:68, 1] = 0.1
+    crop = cut_mouth(image, landmarks)
+    assert crop.shape == (1, 1, 96, 96)
+    luma = 0.2989 + 0.587 + 0.114
+    # Crop row i -> image row ((0.1 + (-48 + i*96/95)/112) + 1)/2*223; rows 20..75 land
+    # well inside 100..139 and columns all inside 60..179.
+    for i in (30, 47, 60):
+        y = ((0.1 + (-48 + i * 96 / 95) / 112) + 1) / 2 * 223
+        assert 102 < y < 137
+        assert crop[0, 0, i, 48].item() == pytest.approx(luma, abs=1e-6)
+    y_top = ((0.1 + (-48) / 112) + 1) / 2 * 223  # ~= 75.9: above the block
+    assert y_top < 98
+    assert crop[0, 0, 0, 48].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_lip_reading_loss_is_zero_for_equal_mouths_and_trains_the_render() -> None:
+    from emoca_pipeline.losses.lipreading import LipReadingFrontend, LipReadingLoss
+
+    torch.manual_seed(1)
+    loss = LipReadingLoss(LipReadingFrontend())
+    images = torch.rand(2, 3, 224, 224)
+    landmarks = torch.rand(2, 68, 2) * 0.4 - 0.2
+    rendered = images.clone().requires_grad_(True)
+    same = loss(images, rendered, landmarks, landmarks)
+    assert same.abs().item() < 1e-5
+    other = loss(images, torch.rand(2, 3, 224, 224, requires_grad=True), landmarks, landmarks)
+    assert other.item() > 1e-3
+    (same + other).backward()
+    assert rendered.grad is not None and rendered.grad.abs().sum() > 0

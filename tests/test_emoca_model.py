@@ -21,6 +21,7 @@ from emoca_pipeline.models.emoca import (
     EmocaModel,
     EmocaModelSettings,
     load_emoca_checkpoint,
+    save_emoca_checkpoint,
 )
 from emoca_pipeline.models.encoders import ResnetEncoder, split_flame_code
 
@@ -91,6 +92,32 @@ def test_encoder_loads_a_local_torchvision_state_dict(tmp_path: Path) -> None:
         ResnetEncoder(50, tmp_path / "missing.pth")
 
 
+def test_resnet18_encoder_option_is_torchvisions_trunk_and_round_trips(
+        procedural_assets: Path, tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    reference = torchvision.models.resnet18(weights=None).eval()
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
+    encoder = ResnetEncoder(50, tmp_path / "resnet18.pth", backbone="resnet18").eval()
+    images = torch.rand(2, 3, 64, 64)
+    reference.fc = torch.nn.Identity()
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.features(images), reference(images))
+    assert encoder.layers[0].in_features == 512
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "r50.pth")
+    with pytest.raises(ValueError, match="r50.pth.*resnet18"):
+        ResnetEncoder(50, tmp_path / "r50.pth", backbone="resnet18")
+    with pytest.raises(ValueError, match="backbone"):
+        ResnetEncoder(50, backbone="vgg16")
+    settings = EmocaModelSettings(image_size=64, encoder="resnet18")
+    light = EmocaModel.from_assets(procedural_assets, settings, use_texture=False).eval()
+    assert light.E_expression is not None and light.E_expression.feature_dim == 512
+    loaded = load_emoca_checkpoint(save_emoca_checkpoint(tmp_path / "m.pt", light))
+    assert loaded.settings.encoder == "resnet18"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(images, with_detail=False).exp,
+                                   light.encode(images, with_detail=False).exp)
+
+
 def test_flame_encoder_is_frozen_and_stays_in_eval_mode(model: EmocaModel) -> None:
     assert torch.equal(model.E_expression.encoder.conv1.weight, model.E_flame.encoder.conv1.weight)
     model.set_stage("coarse").train()
@@ -152,6 +179,7 @@ def _write_released_folder(model: EmocaModel, root: Path, settings: EmocaModelSe
            "detail": {"model": dict(model_cfg, mode="detail"), "learning": {"lr": 1e-4}}}
     (folder / "cfg.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
     original = to_original_state_dict(model)
+    assert original["deca.flame.full_lmk_faces_idx"].shape == (1, 68)  # the original's shape
     original["deca.perceptual_loss.featlayer.vgg19.0.weight"] = torch.zeros(3)
     original["deca.something_new"] = torch.zeros(1)
     good = {"state_dict": original, "epoch": 3, "pytorch-lightning_version": "1.4.9",
@@ -182,6 +210,10 @@ def test_released_layout_imports_and_reproduces_outputs(model: EmocaModel, tmp_p
         assert torch.equal(getattr(expected.codes, name), getattr(actual.codes, name)), name
     assert torch.equal(expected.coarse.vertices, actual.coarse.vertices)
     assert torch.equal(expected.coarse.landmarks2d, actual.coarse.landmarks2d)
+    assert torch.equal(expected.coarse.landmarks3d, actual.coarse.landmarks3d)
+    assert expected.coarse.mediapipe_landmarks.shape == (2, 105, 2)
+    assert torch.equal(expected.coarse.mediapipe_landmarks, actual.coarse.mediapipe_landmarks)
+    assert torch.equal(model.flame.mp_landmark_indices, imported.flame.mp_landmark_indices)
     assert torch.equal(expected.coarse.images, actual.coarse.images)
     assert torch.equal(expected.detail.images, actual.detail.images)
     assert torch.equal(expected.detail.displacement_map, actual.detail.displacement_map)

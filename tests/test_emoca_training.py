@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,17 +34,18 @@ from emoca_pipeline.losses.emoca import CoarseLossWeights, EmocaCoarseLoss
 from emoca_pipeline.models.emoca import EmocaCodes, EmocaModel, load_emoca_checkpoint
 from emoca_pipeline.render import ndc_to_pixels, project_landmarks
 from emoca_pipeline.tracking import PARENT_RUN_ENV, WORKFLOW_ID_ENV, default_tracking_uri
-from emoca_pipeline.training.emoca import (
-    EmocaDataModule,
-    EmocaModule,
+from emoca_pipeline.training.emoca_data import EmocaDataModule, crop_camera
+from emoca_pipeline.training.emoca_job import (
     EmocaTrainingResult,
     build_model,
-    crop_camera,
     fit_camera,
-    load_emoca_settings,
     prepare_model,
     train_emoca,
 )
+from emoca_pipeline.training.emoca_module import EmocaModule, exchange_order
+from emoca_pipeline.training.emoca_settings import load_emoca_settings
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
 IMAGE_SIZE = 64
 N_TRAIN = 4
@@ -119,7 +121,8 @@ def deca_run(table: Path, procedural_assets: Path, tmp_path_factory: pytest.Temp
     folder = tmp_path_factory.mktemp("deca")
     config = _write_config(folder / "deca.yaml", assets=str(procedural_assets),
                            deca=DECA_WEIGHTS, max_steps=DECA_STEPS,
-                           val_every_n_epochs=DECA_STEPS)
+                           val_every_n_epochs=DECA_STEPS, synthetic_assist=True,
+                           shape_consistency=False)
     settings = load_emoca_settings(config)
     data = EmocaDataModule(table, settings, "deca")
     torch.manual_seed(0)  # the init does not depend on the tests run before
@@ -137,7 +140,7 @@ def coarse_run(deca_run: Run, table: Path, tmp_path_factory: pytest.TempPathFact
     config = _write_config(
         folder / "coarse.yaml", init=str(deca_run.result.model_path),
         clone_expression_trunk=True, max_steps=COARSE_STEPS, val_every_n_epochs=COARSE_STEPS,
-        learning_rate=3.0e-4, coarse={"emotion": 0.0, "gt_exp": 1.0})
+        learning_rate=3.0e-4, coarse={"emotion": 0.0, "gt_exp": 1.0}, synthetic_assist=True)
     settings = load_emoca_settings(config)
     torch.manual_seed(0)
     model = prepare_model(build_model(settings), settings, "coarse")
@@ -258,12 +261,225 @@ def test_settings_errors_name_the_problem(tmp_path: Path, table: Path) -> None:
         load_emoca_settings(bad)
     with pytest.raises(ValueError, match="stage: expected one of deca, coarse, detail"):
         train_emoca("fine", config, table, tmp_path / "out")  # type: ignore[arg-type]
+    # A loss term on without its network: an error naming the file, before any MLflow run.
+    emotion = _write_config(tmp_path / "emotion.yaml", coarse={"emotion": 1.0})
+    with pytest.raises(ValueError, match=r"emotion\.yaml: coarse\.emotion = 1\.0 needs "):
+        train_emoca("coarse", emotion, table, tmp_path / "out", results_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
     rows = pq.read_table(table)
     wide = rows.set_column(rows.schema.get_field_index("width"), "width",
                            pa.array(np.full(rows.num_rows, 999, np.int32)))
     pq.write_table(wide, tmp_path / "wide.parquet")
     with pytest.raises(ValueError, match="wide.parquet: row 0 .* cam needs square photos"):
         EmocaDataModule(tmp_path / "wide.parquet", load_emoca_settings(config), "deca")
+
+
+# ------------------------------------------------------------------------ settings of issue 11
+
+
+def test_ground_truth_terms_need_synthetic_assist(tmp_path: Path) -> None:
+    gt = _write_config(tmp_path / "gt.yaml", coarse={"emotion": 0.0, "gt_exp": 1.0})
+    with pytest.raises(ValueError, match=r"gt\.yaml: coarse\.gt_exp = 1\.0: ground-truth terms "
+                                         r"are not EMOCA; set synthetic_assist: true"):
+        load_emoca_settings(gt)
+    both = _write_config(tmp_path / "both.yaml", paper=True, synthetic_assist=True)
+    with pytest.raises(ValueError, match="both.yaml: synthetic_assist: true is not allowed "
+                                         "with paper: true"):
+        load_emoca_settings(both)
+    assisted = _write_config(tmp_path / "ok.yaml", synthetic_assist=True,
+                             deca={"gt_cam": 1.0})
+    assert load_emoca_settings(assisted).deca.gt_cam == 1.0
+
+
+def test_paper_configs_refuse_what_switches_off_the_method(tmp_path: Path) -> None:
+    """The paper configs load; each fails until its loss networks are given, then passes;
+    the demo's coarse config has no ground-truth terms."""
+    needs = {"deca": "deca.identity = 0.2 needs vggface2_weights",
+             "coarse": "coarse.emotion = 1.0 needs emotion_network",
+             "detail": "detail.idmrf = 0.25 needs vgg19_weights"}
+    given = {"deca": "vggface2_weights", "coarse": "emotion_network", "detail": "vgg19_weights"}
+    for stage, message in needs.items():
+        settings = load_emoca_settings(CONFIG_DIR / f"emoca_paper_{stage}.yaml")
+        assert settings.paper and not settings.synthetic_assist
+        assert settings.stage_learning_rate(stage) == {"deca": 1e-4, "coarse": 5e-5,
+                                                       "detail": 1e-4}[stage]
+        with pytest.raises(ValueError, match=message):
+            settings.check_stage(stage)  # type: ignore[arg-type]
+        settings.model_copy(update={given[stage]: "w.pt"}).check_stage(stage)  # type: ignore[arg-type]
+    deca = load_emoca_settings(CONFIG_DIR / "emoca_paper_deca.yaml").model_copy(
+        update={"vggface2_weights": "w.pkl"})
+    assert deca.shape_consistency and deca.k_per_identity == 4
+    for change, message in (({"shape_consistency": False}, "shape_consistency: false"),
+                            ({"use_segmentation": False}, "use_segmentation: false")):
+        with pytest.raises(ValueError, match=message):
+            deca.model_copy(update=change).check_stage("deca")
+    # Outside paper configs ID-MRF without weights is off (logged), not an error.
+    load_emoca_settings(CONFIG_DIR / "emoca_detail.yaml").check_stage("detail")
+    coarse = load_emoca_settings(CONFIG_DIR / "emoca_coarse.yaml")
+    assert not coarse.synthetic_assist and coarse.coarse.gt_exp == 0.0
+
+
+def test_exchange_permutes_codes_within_each_identity() -> None:
+    generator = torch.Generator().manual_seed(0)
+    identity = torch.tensor([3, 3, 3, 3, 7, 7, 7, 7, 5])
+    order = exchange_order(identity, generator)
+    assert sorted(order.tolist()) == list(range(9))
+    assert torch.equal(identity[order], identity)
+    assert (order != torch.arange(9)).any()
+    # The deca stage doubles the batch: the second half has the shapes exchanged.
+    module = EmocaModule.__new__(EmocaModule)
+    torch.nn.Module.__init__(module)
+    module.stage, module.shape_consistency, module.generator = "deca", True, generator
+    n = 4
+    codes = EmocaCodes(torch.randn(n, 5), torch.randn(n, 2), torch.randn(n, 3), torch.randn(n, 6),
+                       torch.randn(n, 3), torch.randn(n, 9, 3), None)
+    batch = {"image": torch.rand(n, 3, 4, 4), "landmarks": torch.rand(n, 68, 2),
+             "identity": torch.tensor([0, 0, 1, 1]), "exp": torch.randn(n, 3)}
+    doubled, exchanged = module.exchanged(batch, codes, training=True)
+    assert torch.equal(doubled["image"], torch.cat([batch["image"]] * 2))
+    assert torch.equal(doubled["exp"], torch.cat([batch["exp"]] * 2))
+    assert torch.equal(exchanged.exp, torch.cat([codes.exp] * 2))
+    assert torch.equal(exchanged.shape[:n], codes.shape)
+    rows = [int(torch.nonzero((codes.shape == row).all(1))[0]) for row in exchanged.shape[n:]]
+    assert sorted(rows) == list(range(n))
+    assert all(batch["identity"][r] == batch["identity"][i] for i, r in enumerate(rows))
+    assert module.exchanged(batch, codes, training=False)[1] is codes
+
+
+def test_manifest_crops_equal_the_table_crops_and_codes_join_on_image_id(
+        synthetic_dataset: Path, tmp_path: Path) -> None:
+    """`emoca manifest build` on the synthetic photos (ground-truth landmarker): the data
+    module cuts the same crops from the manifest's crop_transform as from the table's
+    landmarks, and joins the ground-truth codes on image_id."""
+    from emoca_pipeline.data.detect import DetectSettings, run_detection
+    from emoca_pipeline.data.manifest import build_manifest
+
+    table = synthetic_dataset / "synthetic.parquet"
+    run_detection(table, tmp_path / "det", DetectSettings(landmarker="gt", shard_size=7),
+                  progress=False)
+    build_manifest(tmp_path / "det", tmp_path / "manifest", "synthetic", [table])
+    config = _write_config(tmp_path / "c.yaml", codes_table=str(table))
+    settings = load_emoca_settings(config)
+    for folder in (tmp_path / "manifest", tmp_path / "manifest" / "dataset=synthetic"):
+        from_manifest = EmocaDataModule(folder, settings, "coarse").dataset("val", False)
+        from_table = EmocaDataModule(table, settings, "coarse").dataset("val", False)
+        order = {p: i for i, p in enumerate(from_table.paths)}
+        assert sorted(order) == sorted(from_manifest.paths)
+        for i, path in enumerate(from_manifest.paths):
+            a, b = from_manifest[i], from_table[order[path]]
+            assert set(a) == set(b) >= {"image", "landmarks", "exp", "cam", "shape", "pose"}
+            for key in b:
+                if key != "identity":
+                    torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-5)
+    other = _write_config(tmp_path / "d.yaml", datasets=["affectnet"])
+    with pytest.raises(ValueError, match="no rows of datasets affectnet"):
+        EmocaDataModule(tmp_path / "manifest", load_emoca_settings(other), "coarse")
+
+
+def test_mediapipe_points_and_segmentation_masks_follow_the_crop(table: Path,
+                                                                 tmp_path: Path) -> None:
+    rows = pq.read_table(table)
+    landmarks = np.asarray(rows.column("landmarks").to_pylist()).reshape(-1, 68, 2)
+    rng = np.random.default_rng(0)
+    mesh = rng.uniform(40, 120, (rows.num_rows, 478, 2))
+    mesh[:, :68] = landmarks  # the 68 landmarks' crop frame is the reference
+    masks = []
+    for i in range(rows.num_rows):
+        mask = np.zeros((160, 160), np.uint8)
+        mask[50:110, 60:100] = 255
+        name = tmp_path / f"mask{i}.png"
+        cv2.imwrite(str(name), mask)
+        masks.append(str(name))
+    extra = rows.append_column("mediapipe_landmarks", pa.array(
+        mesh.reshape(rows.num_rows, -1).tolist(), pa.list_(pa.float32(), 956)))
+    extra = extra.append_column("seg_mask", pa.array(masks))
+    pq.write_table(extra, tmp_path / "extra.parquet")
+    config = _write_config(tmp_path / "c.yaml")
+    data = EmocaDataModule(tmp_path / "extra.parquet", load_emoca_settings(config), "deca")
+    train = data.dataset("train", augment=False)
+    sample = train[0]
+    torch.testing.assert_close(sample["mediapipe_landmarks"][:68], sample["landmarks"],
+                               atol=1e-4, rtol=0)
+    # Brute force: a crop pixel is inside when its photo point is in the rectangle.
+    transform = np.linalg.inv(train.crop_transform(0, jitter=False))
+    u, v = np.meshgrid(np.arange(IMAGE_SIZE), np.arange(IMAGE_SIZE))
+    x, y = (transform @ np.stack([u.ravel(), v.ravel(), np.ones(u.size)]))[:2]
+    expected = ((x >= 59.5) & (x <= 99.5) & (y >= 49.5) & (y <= 109.5)).reshape(u.shape)
+    got = sample["seg_mask"][0].numpy() > 0.5
+    assert sample["seg_mask"].shape == (1, IMAGE_SIZE, IMAGE_SIZE)
+    assert expected.sum() > 100 and (got != expected).mean() < 0.02
+
+
+def test_inputs_missing_for_a_term_fail_before_any_run(table: Path, procedural_assets: Path,
+                                                       tmp_path: Path) -> None:
+    mediapipe = _write_config(tmp_path / "mp.yaml", assets=str(procedural_assets),
+                              coarse={"emotion": 0.0, "mediapipe_eye_distance": 0.5})
+    with pytest.raises(ValueError, match=r"train8\.parquet.*mediapipe_eye_distance = 0\.5 "
+                                         r"needs a 'mediapipe_landmarks' column"):
+        train_emoca("coarse", mediapipe, table, tmp_path / "out", results_dir=tmp_path / "r")
+    lips = _write_config(tmp_path / "lips.yaml", coarse={"emotion": 0.0, "lip_reading": 1.0})
+    with pytest.raises(ValueError, match=r"lips\.yaml: coarse\.lip_reading = 1\.0 needs "
+                                         "lipreading_weights"):
+        train_emoca("coarse", lips, table, tmp_path / "out", results_dir=tmp_path / "r")
+    paper = _write_config(tmp_path / "paper.yaml", paper=True, deca={"emotion": 0.0})
+    with pytest.raises(ValueError, match=r"train8\.parquet: no seg_mask column; the deca stage "
+                                         "of a config that mirrors the paper"):
+        train_emoca("deca", paper, table, tmp_path / "out", results_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_emotion_network_runs_at_its_own_size_and_normalisation(tmp_path: Path) -> None:
+    import torch.nn.functional as F
+
+    from emoca_pipeline.models.emotion import EmoMLP, EmotionImageNet, save_emotion_model
+    from emoca_pipeline.training.emoca_job import load_emotion_network
+
+    torch.manual_seed(0)
+    network = EmotionImageNet(backbone="torchvision", input_normalization="imagenet").eval()
+    save_emotion_model(tmp_path / "model.pt", network, "small", image_size=32)
+    loaded = load_emotion_network(tmp_path / "model.pt")
+    assert loaded.image_size == 32 and not loaded.training
+    assert not any(p.requires_grad for p in loaded.parameters())
+    images = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    small = F.interpolate(images, size=(32, 32), mode="bilinear", antialias=True)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = network.trunk((small - mean) / std)
+        torch.testing.assert_close(loaded.features(images), expected)
+    save_emotion_model(tmp_path / "mlp.pt", EmoMLP(), "codes")
+    with pytest.raises(ValueError, match="a network on 3DMM codes"):
+        load_emotion_network(tmp_path / "mlp.pt")
+
+
+def test_identity_loss_and_shape_exchange_in_a_deca_step(table: Path, procedural_assets: Path,
+                                                         tmp_path: Path) -> None:
+    """DECA's identity term on the render pasted over the input (a saved FRNet), with the
+    shape exchange: finite, and its gradient reaches E_flame."""
+    from emoca_pipeline.models.frnet import FRNetResNet50
+    from emoca_pipeline.training.emoca_job import build_coarse_loss
+
+    torch.manual_seed(0)
+    torch.save(FRNetResNet50().state_dict(), tmp_path / "frnet.pt")
+    config = _write_config(tmp_path / "c.yaml", assets=str(procedural_assets),
+                           vggface2_weights=str(tmp_path / "frnet.pt"), batch_size=2,
+                           k_per_identity=2, model={"image_size": IMAGE_SIZE,
+                                                    "encoder": "resnet18"},
+                           deca={"emotion": 0.0, "identity": 0.2, "photometric": 2.0,
+                                 "landmark": 1.0})
+    settings = load_emoca_settings(config)
+    data = EmocaDataModule(table, settings, "deca")
+    batch = next(iter(data.train_dataloader()))
+    assert batch["identity"][0] == batch["identity"][1]  # identities x K
+    model = prepare_model(build_model(settings), settings, "deca", data)
+    module = EmocaModule(model, "deca", build_coarse_loss(settings, settings.deca), None, 1e-4,
+                         shape_consistency=True)
+    module.model.train()
+    loss, metrics = module.losses(batch, training=True)
+    loss.backward()
+    assert math.isfinite(float(metrics["identity"])) and float(metrics["identity"]) > 0
+    grad = module.model.E_flame.layers[-1].weight.grad
+    assert grad is not None and grad.abs().sum() > 0
 
 
 # ------------------------------------------------------------------------ learning
@@ -317,7 +533,8 @@ def _check_run(client: MlflowClient, run_id: str, stage: str, steps: int, out: P
     assert len(history) == steps and all(math.isfinite(m.value) for m in history)
     assert math.isfinite(run.data.metrics["val/loss"])
     top = {a.path: a for a in client.list_artifacts(run_id)}
-    assert {"model.pt", "training.json"} <= set(top)
+    # No Lightning checkpoint by default (log_best_checkpoint: false): 79 M parameters.
+    assert set(top) == {"model.pt", "training.json"}
     assert top["model.pt"].file_size == (out / "model.pt").stat().st_size  # the checkpoint
     summary = json.loads(Path(client.download_artifacts(run_id, "training.json")).read_text())
     assert summary["stage"] == stage and summary["mlflow_run_id"] == run_id

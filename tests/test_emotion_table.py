@@ -1,4 +1,5 @@
-"""The paper-format emotion table from prediction files, against scipy / scikit-learn."""
+"""The paper-format emotion table from prediction files, against scipy / scikit-learn; the
+`emoca eval emotion` job is an MLflow child run holding the table."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 from scipy.stats import pearsonr
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from test_eval_synthetic import artifact_names, finished_run, workflow_parent
 
 from emoca_pipeline.cli.emotion import register_eval
 from emoca_pipeline.evaluation.emotion_table import (
@@ -91,7 +93,8 @@ def _eval_cli(argv: list[str]) -> None:
     args.func(args)
 
 
-def test_table_numbers_match_scipy_and_sklearn_in_three_formats(tmp_path: Path) -> None:
+def test_table_numbers_match_scipy_and_sklearn_in_three_formats(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     truth = _truth()
     reversed_rows = np.arange(N)[::-1]
     references = {
@@ -103,8 +106,11 @@ def test_table_numbers_match_scipy_and_sklearn_in_three_formats(tmp_path: Path) 
                                                constant_valence=True)),
     }
     out = tmp_path / "table out"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = workflow_parent(uri, tmp_path, "tables", monkeypatch)
     _eval_cli(["eval", "emotion", "--predictions", str(tmp_path / "a.parquet"),
-               str(tmp_path / "b.parquet"), str(tmp_path / "c.parquet"), "--out", str(out)])
+               str(tmp_path / "b.parquet"), str(tmp_path / "c.parquet"), "--out", str(out),
+               "--tracking-uri", uri, "--experiment", "tables"])
 
     with open(out / "emotion_table.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -146,6 +152,18 @@ def test_table_numbers_match_scipy_and_sklearn_in_three_formats(tmp_path: Path) 
         pixels = np.asarray(image.convert("RGB"))
     assert pixels.shape[1] > 2 * pixels.shape[0]  # three panels side by side
     assert pixels.std() > 20  # not blank
+
+    client, run = finished_run(uri, "tables", "eval emotion")
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.tags["emoca.run_kind"] == "evaluation"
+    logged = run.data.metrics
+    assert logged["good_model/e_acc"] == pytest.approx(good["E-ACC"], rel=1e-9)
+    assert logged["weak/a_ccc"] == pytest.approx(references["weak"]["A-CCC"], rel=1e-9)
+    assert "flat/v_pcc" not in logged  # undefined: left out, not NaN
+    assert len(logged) == 3 * len(TABLE_COLUMNS) - 1
+    assert artifact_names(client, run) == {"emotion_table.csv", "emotion_table.md",
+                                           "emotion_table.tex", "emotion_metrics.json",
+                                           "confusion_matrices.png"}
 
 
 def test_models_on_different_images_or_duplicated_are_refused(tmp_path: Path) -> None:

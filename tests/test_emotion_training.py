@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
+import re
 import subprocess
 from pathlib import Path
 
@@ -19,21 +21,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
+from jsonschema import Draft202012Validator
 from PIL import Image
 from sklearn.metrics import accuracy_score
 
+from emoca_pipeline.cli import main
 from emoca_pipeline.cli.emotion import register_eval, register_predict, register_train
 from emoca_pipeline.data.crop import crop_box_from_landmarks, crop_transform, warp_crop
+from emoca_pipeline.evaluation.metrics import regression_metrics
+from emoca_pipeline.inference.emotion import predict_batches
 from emoca_pipeline.losses.emotion import EmotionLoss, VALossSettings
-from emoca_pipeline.models.emotion import EmotionImageNet
+from emoca_pipeline.models.emotion import EmotionImageNet, load_emotion_model
 from emoca_pipeline.tracking import PARENT_RUN_ENV, WORKFLOW_ID_ENV
-from emoca_pipeline.training.config import load_emotion_settings
-from emoca_pipeline.training.emotion import (
-    EmotionDataModule,
-    EmotionModule,
-    load_emotion_model,
-    train_emotion,
-)
+from emoca_pipeline.training.emotion_data import EmotionDataModule
+from emoca_pipeline.training.emotion_job import train_emotion
+from emoca_pipeline.training.emotion_module import EmotionModule
+from emoca_pipeline.training.emotion_settings import load_emotion_settings
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -290,19 +294,26 @@ def test_image_network_loss_decreases_through_the_module(image_table: Path) -> N
 
 
 def test_image_training_job_writes_a_loadable_network(mlp_run, image_table: Path,
-                                                      tmp_path: Path) -> None:
+                                                      tmp_path: Path, caplog) -> None:
     config = tmp_path / "cnn.yaml"
     config.write_text("name: cnn_test\nbatch_size: 6\nmax_epochs: 1\nlimit_train_batches: 1\n"
                       "image:\n  image_size: 32\n")
     results = mlp_run[1]  # the same MLflow store: a second run in it
+    caplog.set_level(logging.INFO, logger="emoca_pipeline.training.fit")
     result = train_emotion(config, image_table, tmp_path / "out", "images",
                            results_dir=results)
+    # One log line per validation, with the key metrics.
+    lines = [r.getMessage() for r in caplog.records if r.name == "emoca_pipeline.training.fit"]
+    assert len(lines) == 1 and re.fullmatch(
+        r"epoch 0 step 1: val/loss \S+, val/accuracy \S+, val/v_ccc \S+, val/a_ccc \S+",
+        lines[0]), lines
     predictions = pq.read_table(result.predictions_path)
     assert predictions.num_rows == 6 and result.best_checkpoint is not None
     # model.pt is what EMOCA's emotion loss loads as its frozen network.
     network = EmotionImageNet(weights_path=result.model_path).eval()
     model, spec = load_emotion_model(result.model_path)
     assert spec["input"] == "images" and spec["image_size"] == 32
+    assert spec["backbone"] == "frnet" == model.backbone  # the paper's (the default)
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(network.features(images), model.features(images))
@@ -320,8 +331,10 @@ def test_codes_can_come_from_a_separate_table(codes_table: Path, tmp_path: Path)
     own = EmotionDataModule(codes_table, "codes")
     joined.setup()
     own.setup()
-    for name in ("shape", "exp", "jaw", "expression", "valence"):
-        np.testing.assert_array_equal(joined._arrays[name], own._arrays[name])
+    for name in ("shape", "exp", "jaw"):
+        np.testing.assert_array_equal(joined.codes()[name], own.codes()[name])
+    for name in ("keys", "expression", "valence"):
+        np.testing.assert_array_equal(getattr(joined.labels(), name), getattr(own.labels(), name))
     pq.write_table(codes.slice(5), tmp_path / "partial.parquet")
     partial = EmotionDataModule(codes_table, "codes", codes_table=tmp_path / "partial.parquet")
     with pytest.raises(ValueError, match=r"partial\.parquet: no codes for 5 of 480 rows"):
@@ -363,14 +376,21 @@ def test_affectnet_rows_are_filtered_and_sampling_is_class_balanced(tmp_path: Pa
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("batch_sise: 32\n", "unknown key batch_sise (known: name, seed, batch_size"),
+        ("batch_sise: 32\n", "unknown key batch_sise (known: name, seed, "),
         ("mlp:\n  hiden_dim: 3\n", "unknown key mlp.hiden_dim in mlp (known: shape_dim"),
         ("batch_size: 0\n", "batch_size: must be >= 1, got 0"),
-        ("batch_size: many\n", "batch_size: expected an integer, got 'many'"),
-        ("learning_rate: fast\n", "learning_rate: expected a number, got 'fast'"),
-        ("balanced_sampling: 1\n", "balanced_sampling: expected true or false, got 1"),
+        ("batch_size: many\n", "batch_size: input should be a valid integer, unable to parse "
+                                "string as an integer, got 'many'"),
+        ("learning_rate: fast\n", "learning_rate: input should be a valid number, unable to "
+                                   "parse string as a number, got 'fast'"),
+        ("balanced_sampling: maybe\n", "balanced_sampling: input should be a valid boolean"),
+        ("limit_train_batches: x\n", "limit_train_batches: input should be a valid integer, "
+                                      "unable to parse string as an integer or input should be "
+                                      "a valid number"),
+        ("limit_train_batches: 1.5\n", "limit_train_batches: a fraction must lie in (0, 1]"),
+        ("min_epochs: 5\nmax_epochs: 2\n", "min_epochs (5) exceeds max_epochs (2)"),
         ("image:\n  input_normalization: z\n",
-         "image.input_normalization: expected 'none' or 'imagenet', got 'z'"),
+         "image.input_normalization: input should be 'none' or 'imagenet', got 'z'"),
         ("mlp:\n  hidden_dim: 0\n", "mlp: EmoMLPSettings.hidden_dim: must be >= 1, got 0"),
         ("va_loss:\n  weights: {v_mse: 1, nope: 1}\n", "va_loss: VALossSettings.weights: "
                                                       "unknown term(s) ['nope']"),
@@ -387,6 +407,8 @@ def test_bad_config_is_one_line_naming_the_file(tmp_path: Path, text: str,
     assert str(error.value).startswith(f"{config}: ")
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+    if "unknown key batch_sise" in message:  # the known keys are listed
+        assert "batch_size, eval_batch_size, learning_rate" in str(error.value)
 
 
 def test_config_defaults_are_the_papers_and_floats_accept_yaml_1_1_exponents(
@@ -436,3 +458,60 @@ def test_cli_user_errors_name_the_file(tmp_path: Path, codes_table: Path, capsys
                                                 r"is relative to "):
         args.func(args)
     assert not (tmp_path / "results").exists()  # failed before any MLflow run
+
+
+def test_running_validation_metrics_match_the_whole_set_metrics(mlp_run) -> None:
+    """The module's torchmetrics (over batches) against the float64 whole-set metrics and
+    scikit-learn on the same predictions."""
+    result, _, table_path = mlp_run
+    model, _ = load_emotion_model(result.model_path)
+    module = EmotionModule(model).eval()
+    data = EmotionDataModule(table_path, "codes", eval_batch_size=16,
+                             mlp_settings=model.settings)
+    with torch.no_grad():
+        for step, batch in enumerate(data.dataloader("val")):
+            module.validation_step(batch, step)
+    running = {name: float(value) for name, value in
+               {**module.val_valence.compute(), **module.val_expression.compute()}.items()}
+    predictions = predict_batches(model, data.dataloader("val"))
+    labels = data.labels(predictions.index)
+    whole = regression_metrics(predictions.valence, labels.valence)
+    n = len(labels.keys)
+    assert n == 90
+    assert running["val/v_pcc"] == pytest.approx(whole.pcc, abs=1e-5)
+    assert running["val/v_rmse"] == pytest.approx(whole.rmse, rel=1e-5)
+    assert running["val/v_sagr"] == pytest.approx(whole.sagr, abs=1e-12)
+    # torchmetrics' CCC uses the n - 1 variance, the tables' the n one.
+    assert running["val/v_ccc"] == pytest.approx(whole.ccc, rel=2.0 / n)
+    assert running["val/accuracy"] == pytest.approx(
+        accuracy_score(labels.expression, predictions.log_probs.argmax(axis=1)), abs=1e-6)
+
+
+@pytest.mark.parametrize("network", ["emotion", "deca"])
+def test_training_schema_checks_configs_as_the_loader_does(network: str, tmp_path: Path) -> None:
+    """``emoca train schema NETWORK`` (for the workflow) accepts the shipped configs and
+    refuses what the loader refuses, reading YAML 1.1 number strings the same way."""
+    from emoca_pipeline.training.emoca_settings import load_emoca_settings
+
+    load = load_emotion_settings if network == "emotion" else load_emoca_settings
+    schema_file = tmp_path / "schema.json"
+    assert main(["train", "schema", network, "--out", str(schema_file)]) == 0
+    validator = Draft202012Validator(json.loads(schema_file.read_text()))
+    shipped = sorted((Path(__file__).parents[1] / "config").glob(
+        "emotion_*.yaml" if network == "emotion" else "emoca_*.yaml"))
+    assert len(shipped) >= 2
+    for config in shipped:
+        assert not list(validator.iter_errors(yaml.safe_load(config.read_text()))), config
+        load(config)
+    cases = {"learning_rate: 1e-4\nbatch_size: 3\n": True, "batch_sise: 3\n": False,
+             "batch_size: 0\n": False, "batch_size: many\n": False,
+             "max_epochs: 1.5\n": False, "seed: [1]\n": False}
+    for text, valid in cases.items():
+        config = tmp_path / "c.yaml"
+        config.write_text(text)
+        assert validator.is_valid(yaml.safe_load(text)) == valid, text
+        if valid:
+            assert load(config).learning_rate == 1e-4
+        else:
+            with pytest.raises(ValueError, match=f"^{re.escape(str(config))}: "):
+                load(config)

@@ -126,6 +126,34 @@ def test_landmark_embedding_with_numpy_arrays_loads_the_same(
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
 
 
+def test_landmark_arrays_load_with_or_without_a_leading_axis(
+    procedural_assets: Path, tmp_path: Path
+) -> None:
+    # DECA's file stores the full 68-point set as (1, 68) / (1, 68, 3); either shape loads the
+    # same, any other extra axis is an error naming the key.
+    emb = {k: to_numpy(v) for k, v in
+           safe_load_npy(procedural_assets / "landmark_embedding.npy").items()}
+    assert emb["full_lmk_faces_idx"].shape == (1, 68)
+    num_faces = flame.load_flame_model(procedural_assets / "generic_model.pkl").faces.shape[0]
+    variants = {"flat": {k: v[0] if k.startswith("full") else v for k, v in emb.items()},
+                "batched": {k: v[None] if k.startswith("static") else v for k, v in emb.items()},
+                "split": dict(emb, full_lmk_faces_idx=emb["full_lmk_faces_idx"].reshape(2, 34))}
+    loaded = {}
+    for name, arrays in variants.items():
+        np.save(tmp_path / f"{name}.npy", arrays, allow_pickle=True)
+        if name == "split":
+            with pytest.raises(flame.FlameAssetError, match="'full_lmk_faces_idx' has shape"):
+                flame.load_landmark_embedding(tmp_path / f"{name}.npy", num_faces)
+        else:
+            loaded[name] = flame.load_landmark_embedding(tmp_path / f"{name}.npy", num_faces)
+    reference = flame.load_landmark_embedding(procedural_assets / "landmark_embedding.npy",
+                                              num_faces)
+    assert reference.full_faces.shape == (68,) and reference.full_bary.shape == (68, 3)
+    for emb_loaded in loaded.values():
+        for field in reference.__dataclass_fields__:
+            np.testing.assert_array_equal(getattr(emb_loaded, field), getattr(reference, field))
+
+
 class _Exploit:
     def __init__(self, func, arg) -> None:
         self.func, self.arg = func, arg

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -12,7 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emoca_pipeline.io.images import DECODE_STATUSES, DecodedImage, image_id, read_image
+from emoca_pipeline.io.images import (
+    DECODE_STATUSES,
+    DecodedImage,
+    image_id,
+    read_file_bytes,
+    read_image,
+)
 
 RNG = np.random.default_rng(7)
 NOISE = RNG.integers(0, 256, (48, 64, 3), dtype=np.uint8)
@@ -110,6 +117,54 @@ def test_missing_paths(tmp_path: Path) -> None:
     assert read_image(tmp_path).status == "missing"  # a folder is not a file
     with pytest.raises(ValueError, match="max_pixels"):
         read_image(_png(), max_pixels=0)
+
+
+def test_max_pixels_is_the_only_pixel_limit() -> None:
+    """Pillow's own cap (2 x 89.5 MP) neither names the refusal nor stops a larger limit."""
+    from PIL import Image
+
+    cap = Image.MAX_IMAGE_PIXELS
+    bomb = _png_header_only(15_000, 15_000)  # 225 MP: over Pillow's hard limit
+    refused = read_image(bomb)
+    assert refused.status == "too_large" and "max_pixels=64000000" in refused.reason
+    assert (refused.width, refused.height) == (15_000, 15_000)
+    # With a larger limit the header passes and decoding starts (this file has no pixels).
+    allowed = read_image(bomb, max_pixels=300_000_000)
+    assert allowed.status == "decode_error" and "truncated" in allowed.reason
+    assert Image.MAX_IMAGE_PIXELS == cap  # restored
+
+
+def test_special_files_are_never_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer comes
+    (tmp_path / "zero.png").symlink_to("/dev/zero")  # reading it would never end
+    for path, kind in ((fifo, "FIFO"), (tmp_path / "zero.png", "character device")):
+        decoded = read_image(path)
+        assert decoded.status == "not_a_file" and kind in decoded.reason
+        assert read_file_bytes(path).status == "not_a_file"
+        with pytest.raises(ValueError, match="not a regular file"):
+            image_id(path)
+    big = tmp_path / "big.png"
+    big.write_bytes(_png())
+    assert read_image(big, max_bytes=100).status == "too_large"
+    assert "max_bytes=100" in read_image(big, max_bytes=100).reason
+    assert read_file_bytes(big) == _png()
+
+
+def test_a_file_that_changes_while_read(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "growing.png"
+    path.write_bytes(_png())
+    real_read = os.read
+
+    def read_then_append(fd: int, size: int) -> bytes:
+        part = real_read(fd, size)
+        with open(path, "ab") as f:  # a writer appends while we read
+            f.write(b"\x00" * 10)
+        return part
+
+    monkeypatch.setattr(os, "read", read_then_append)
+    decoded = read_image(path)
+    assert decoded.status == "changed" and "changed while it was read" in decoded.reason
 
 
 # --- odd but valid files ------------------------------------------------------------------

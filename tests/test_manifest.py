@@ -14,15 +14,10 @@ import pytest
 from data_helpers import affectnet_line, face_landmarks, write_synthetic_dataset
 
 from emoca_pipeline.cli.data import register
+from emoca_pipeline.data.affectnet import AFFECTNET_CLASSES
 from emoca_pipeline.data.detect import DetectSettings, read_detections, run_detection
-from emoca_pipeline.data.manifest import (
-    AFFECTNET_CLASSES,
-    ManifestSettings,
-    build_manifest,
-    read_labels,
-    read_manifest,
-    stats,
-)
+from emoca_pipeline.data.labels import read_labels
+from emoca_pipeline.data.manifest import ManifestSettings, build_manifest, read_manifest, stats
 from emoca_pipeline.data.schema import MANIFEST_SCHEMA, SCHEMA_VERSION, metadata_of
 
 HEADER = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks," \
@@ -91,8 +86,8 @@ def test_affectnet_join_drops_classes_8_to_10_and_invalid_va(affectnet, tmp_path
     assert summary.dropped == {"label_filtered": 5, "no_face": 2}
     assert summary.label_counts == {"label_rows": 11, "dropped_class_8_10": 3,
                                     "dropped_invalid_va": 2, "labels_without_face": 1}
-    assert summary.classes == {"train": {"neutral": 1, "happy": 1, "contempt": 1},
-                               "test": {"anger": 1, "fear": 1}}
+    assert summary.classes == {"train": {"Neutral": 1, "Happy": 1, "Contempt": 1},
+                               "test": {"Anger": 1, "Fear": 1}}
     assert json.loads((tmp_path / "manifest" / "_summary-affectnet.json").read_text()) == \
         summary.to_dict()
     # Faces whose image has no label are "unlabelled".
@@ -230,20 +225,15 @@ def test_cli_manifest_and_stats(affectnet, tmp_path, capsys) -> None:
     _, detections, csvs = affectnet
     parser = argparse.ArgumentParser(prog="emoca")
     register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["manifest", str(detections), str(tmp_path / "m"), "--dataset",
-                              "affectnet", "--labels", str(csvs[0]), "--labels", str(csvs[1])])
+    args = parser.parse_args(["manifest", "build", "--labels", str(csvs[0]), "--labels",
+                              str(csvs[1]), str(detections), str(tmp_path / "m"), "--dataset",
+                              "affectnet"])
     args.func(args)
     printed = capsys.readouterr().out
     assert "manifest affectnet (affectnet labels): 5 faces" in printed
-    args = parser.parse_args(["manifest", "--stats", str(tmp_path / "m"), "--stats-out",
+    args = parser.parse_args(["manifest", "stats", str(tmp_path / "m"), "--out",
                               str(tmp_path / "stats.json")])
     args.func(args)
     printed = capsys.readouterr().out
     assert printed.splitlines()[-1].split() == ["total", "5"]
     assert json.loads((tmp_path / "stats.json").read_text())["total"] == 5
-    for argv, message in [(["manifest"], "needs DETECTIONS OUT"),
-                          (["manifest", str(detections), str(tmp_path / "m")], "--dataset"),
-                          (["manifest", str(detections)], "needs OUT")]:
-        args = parser.parse_args(argv)
-        with pytest.raises(ValueError, match=message):
-            args.func(args)

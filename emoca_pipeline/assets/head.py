@@ -555,13 +555,3 @@ def locate_on_grid(
     faces = np.where(lower, first, first + 1)
     return faces.astype(np.int64), bary
 
-
-def mouth_corner_phi(layout: HeadLayout) -> float:
-    """Azimuth (degrees) of the left mouth corner (the right one is its negative)."""
-    return layout.mouth_half_width
-
-
-def eye_corner_phi(layout: HeadLayout) -> tuple[float, float]:
-    """Azimuths (degrees) of the left eye's inner and outer corners."""
-    return layout.eye_phi - layout.eye_half_width, layout.eye_phi + layout.eye_half_width
-

@@ -22,7 +22,9 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``emoca`` and all its subcommands."""
-    from emoca_pipeline.cli import assets, data, emoca, emotion
+    from emoca_pipeline.cli import assets, data, download, emoca, emotion
+    from emoca_pipeline.cli import evaluate as evaluate_cli
+    from emoca_pipeline.cli import reconstruct as reconstruct_cli
 
     parser = argparse.ArgumentParser(
         prog="emoca",
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     assets.register(commands)
     data.register(commands)
+    download.register(commands)
     train = add_command(commands, "train", "Train networks (EMOCA stages, emotion networks).")
     train_commands = train.add_subparsers(dest="train_command", metavar="NETWORK", required=True)
     emoca.register_train(train_commands)
@@ -45,9 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     emotion.register_predict(
         predict.add_subparsers(dest="predict_command", metavar="NETWORK", required=True))
     evaluate = add_command(commands, "eval", "Evaluation tables in the paper's format.")
-    emotion.register_eval(
-        evaluate.add_subparsers(dest="eval_command", metavar="TABLE", required=True))
+    eval_commands = evaluate.add_subparsers(dest="eval_command", metavar="TABLE", required=True)
+    emotion.register_eval(eval_commands)
+    evaluate_cli.register_eval(eval_commands)
     emoca.register_import_checkpoint(commands)
+    reconstruct_cli.register(commands)
     return parser
 
 

@@ -1,7 +1,7 @@
 """The ``emoca train emotion``, ``emoca predict emotion`` and ``emoca eval emotion`` commands.
 
 The top-level ``emoca`` parser owns the ``train``, ``predict`` and ``eval`` groups (EMOCA's
-``train coarse`` / ``train detail`` join the same ``train`` group); this module adds its
+``train deca|coarse|detail`` join the same ``train`` group); this module adds its
 sub-subcommands to them::
 
     train = commands.add_parser("train", ...).add_subparsers(dest="train_command", ...)
@@ -19,6 +19,7 @@ import argparse
 from pathlib import Path
 
 from emoca_pipeline.cli.common import add_command, positive_int, set_threads
+from emoca_pipeline.cli.evaluate import add_tracking_options
 
 __all__ = ["register_eval", "register_predict", "register_train"]
 
@@ -28,7 +29,7 @@ __all__ = ["register_eval", "register_predict", "register_train"]
 
 
 def _train_emotion(args: argparse.Namespace) -> None:
-    from emoca_pipeline.training.emotion import train_emotion
+    from emoca_pipeline.training.emotion_job import train_emotion
 
     set_threads(args.threads)
     result = train_emotion(
@@ -55,7 +56,8 @@ def register_train(train_subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--input", required=True, choices=("codes", "images"),
                         help="codes: EmoMLP on FLAME shape/exp/jaw; images: ResNet-50 on crops")
     parser.add_argument("--config", required=True, type=Path, metavar="FILE",
-                        help="YAML training settings (e.g. config/emotion_mlp.yaml)")
+                        help="YAML training settings (e.g. config/emotion_mlp.yaml; "
+                             "'emoca train schema emotion' prints their JSON Schema)")
     parser.add_argument("--manifest", required=True, type=Path, metavar="TABLE",
                         help="labelled Parquet table (file or folder) with a split column")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR",
@@ -83,7 +85,7 @@ def register_train(train_subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 
 def _predict_emotion(args: argparse.Namespace) -> None:
-    from emoca_pipeline.training.emotion import predict_emotion
+    from emoca_pipeline.inference.emotion import predict_emotion
 
     set_threads(args.threads)
     path = predict_emotion(args.model, args.manifest, args.out, split=args.split,
@@ -125,12 +127,18 @@ def register_predict(predict_subparsers: argparse._SubParsersAction) -> argparse
 
 
 def _eval_emotion(args: argparse.Namespace) -> None:
+    from emoca_pipeline.cli.evaluate import log_evaluation, tracked_evaluation
     from emoca_pipeline.evaluation.emotion_table import evaluate_emotion
 
-    result = evaluate_emotion(args.predictions, args.out)
+    set_threads(args.threads)
+    params = {"predictions": " ".join(str(path) for path in args.predictions),
+              "out": str(args.out)}
+    with tracked_evaluation(args, "eval emotion", "eval emotion", params) as run:
+        result = evaluate_emotion(args.predictions, args.out)
+        log_evaluation(run, result)
     print(result.markdown.read_text(encoding="utf-8"), end="")
     print(f"wrote {result.csv}, {result.markdown.name}, {result.latex.name}, "
-          f"{result.confusion_png.name} and {result.json.name}")
+          f"{result.confusion_png.name} and {result.json.name} (MLflow run {run.run_id})")
 
 
 def register_eval(eval_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -140,11 +148,13 @@ def register_eval(eval_subparsers: argparse._SubParsersAction) -> argparse.Argum
         description=
         "Compare the models in predictions files on one test split: write OUT/emotion_table\n"
         ".csv/.md/.tex (rows = models; columns V-PCC V-CCC V-RMSE V-SAGR A-PCC A-CCC A-RMSE\n"
-        "A-SAGR E-ACC E-F1), OUT/confusion_matrices.png and OUT/emotion_metrics.json.",
+        "A-SAGR E-ACC E-F1), OUT/confusion_matrices.png and OUT/emotion_metrics.json;\n"
+        "the table's cells and files go to an MLflow run.",
     )
     parser.add_argument("--predictions", required=True, nargs="+", type=Path,
                         metavar="PREDICTIONS", help="predictions Parquet files (one or more)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR",
                         help="output folder")
+    add_tracking_options(parser, "eval emotion")
     parser.set_defaults(func=_eval_emotion)
     return parser

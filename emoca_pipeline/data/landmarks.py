@@ -10,14 +10,20 @@ Landmark schemes (stored in the detection table's metadata):
 - ``"mediapipe478"``: MediaPipe Face Mesh with refined eyes and irises (468 + 10 points);
   :func:`mediapipe_to_68` picks the 68 iBUG points from it;
 - ``"fan68"``: the iBUG 68-point scheme (FAN, dlib, 300-W annotations), 0-indexed.
+
+One module over 600 lines on purpose: the three landmarkers share one small contract
+(:class:`Landmarker`, :class:`FaceDetection`, :class:`FaceSearch`, the largest-first rule)
+and the 478 -> 68 table, and each is about 150 lines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -29,6 +35,7 @@ __all__ = [
     "IBUG68_MIRROR",
     "MEDIAPIPE_TO_68",
     "FaceDetection",
+    "FaceSearch",
     "FanLandmarker",
     "FanSettings",
     "GroundTruthLandmarker",
@@ -147,6 +154,19 @@ class FaceDetection(NamedTuple):
     scheme: str
 
 
+class FaceSearch(NamedTuple):
+    """What :meth:`Landmarker.find_faces` found in one image.
+
+    Attributes:
+        faces: the faces kept, largest first, at most ``max_faces``.
+        found: faces found before ``max_faces`` was applied (``found - len(faces)`` were
+            dropped; for MediaPipe, boxes that were not meshed count as faces).
+    """
+
+    faces: list[FaceDetection]
+    found: int
+
+
 @runtime_checkable
 class Landmarker(Protocol):
     """Finds faces and their landmarks in an RGB image.
@@ -169,6 +189,10 @@ class Landmarker(Protocol):
             image_key: the image's identity (e.g. its ``image_id``); only landmarkers that
                 look landmarks up, such as :class:`GroundTruthLandmarker`, use it.
         """
+        ...
+
+    def find_faces(self, image: np.ndarray, *, image_key: str | None = None) -> FaceSearch:
+        """As :meth:`detect`, and how many faces there were before ``max_faces``."""
         ...
 
 
@@ -203,12 +227,12 @@ def _box_of(points: np.ndarray) -> np.ndarray:
     return np.concatenate([points.min(axis=0), points.max(axis=0)]).astype(np.float32)
 
 
-def _largest_first(faces: list[FaceDetection], max_faces: int) -> list[FaceDetection]:
+def _largest_first(faces: list[FaceDetection], max_faces: int) -> FaceSearch:
     def area(face: FaceDetection) -> float:
         x0, y0, x1, y1 = (float(v) for v in face.bbox)
         return max(x1 - x0, 0.0) * max(y1 - y0, 0.0)
 
-    return sorted(faces, key=area, reverse=True)[:max_faces]
+    return FaceSearch(sorted(faces, key=area, reverse=True)[:max_faces], len(faces))
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,6 +299,7 @@ class MediaPipeLandmarker:
         self.version = str(mediapipe.__version__)
         self._lock = threading.Lock()
         self._graphs: dict[str, Any] = {}
+        self._warm: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"settings": self.settings, "version": self.version}
@@ -284,6 +309,7 @@ class MediaPipeLandmarker:
         self.version = state["version"]
         self._lock = threading.Lock()
         self._graphs = {}
+        self._warm = set()
 
     def __enter__(self) -> MediaPipeLandmarker:
         return self
@@ -297,6 +323,16 @@ class MediaPipeLandmarker:
             for graph in self._graphs.values():
                 graph.close()
             self._graphs.clear()
+            self._warm.clear()
+
+    def _process(self, kind: str, image: np.ndarray) -> Any:
+        """Run graph ``kind``; its construction and first run with the C++ log silenced."""
+        if kind in self._warm:
+            return self._graphs[kind].process(image)
+        with _native_stderr_silenced():
+            result = self._graph(kind).process(image)
+        self._warm.add(kind)
+        return result
 
     def _graph(self, kind: str) -> Any:
         graph = self._graphs.get(kind)
@@ -319,22 +355,29 @@ class MediaPipeLandmarker:
 
     def detect(self, image: np.ndarray, *, image_key: str | None = None) -> list[FaceDetection]:
         """Faces in ``image`` (``(H, W, 3)`` uint8 RGB), largest first; see the class doc."""
+        return self.find_faces(image, image_key=image_key).faces
+
+    def find_faces(self, image: np.ndarray, *, image_key: str | None = None) -> FaceSearch:
+        """As :meth:`detect`; ``found`` counts the faces meshed and the boxes left unmeshed
+        once ``max_faces`` were kept."""
         image = _check_image(image)
         with self._lock:
             boxes = self._detect_boxes(image, "full") or self._detect_boxes(image, "short")
             boxes.sort(key=lambda item: _area(item[0]), reverse=True)
-            faces = []
+            faces: list[FaceDetection] = []
+            tried = 0
             for box, score in boxes:
+                tried += 1
                 landmarks = self._mesh_in_box(image, box)
                 if landmarks is not None:
                     faces.append(FaceDetection(box, score, landmarks, self.scheme))
                 if len(faces) == self.settings.max_faces:
                     break
-        return faces
+        return FaceSearch(faces, len(faces) + len(boxes) - tried)
 
     def _detect_boxes(self, image: np.ndarray, kind: str) -> list[tuple[np.ndarray, float]]:
         height, width = image.shape[:2]
-        result = self._graph(kind).process(image)
+        result = self._process(kind, image)
         boxes = []
         for detection in result.detections or []:
             relative = detection.location_data.relative_bounding_box
@@ -366,7 +409,7 @@ class MediaPipeLandmarker:
         region[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
         interpolation = cv2.INTER_AREA if side > out else cv2.INTER_LINEAR
         crop = np.ascontiguousarray(cv2.resize(region, (out, out), interpolation=interpolation))
-        result = self._graph("mesh").process(crop)
+        result = self._process("mesh", crop)
         if not result.multi_face_landmarks:
             return None
         mesh = result.multi_face_landmarks[0].landmark
@@ -375,6 +418,33 @@ class MediaPipeLandmarker:
         # cv2.resize maps pixel centres: x_region = (u + 0.5) * side / out - 0.5.
         image_xy = (crop_xy + 0.5) * (side / out) - 0.5 + np.array([x0, y0])
         return image_xy.astype(np.float32)
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for a moment.
+
+    MediaPipe's C++ code (absl logging, TFLite) writes about ten ``W0000 ...`` / ``INFO:``
+    lines straight to fd 2 while it builds and first runs a graph; absl ignores
+    ``GLOG_minloglevel`` and ``TF_CPP_MIN_LOG_LEVEL``, so the descriptor is redirected. Python
+    writes to ``sys.stderr`` in that moment (other threads) are flushed before and after,
+    and may be lost; it lasts one graph construction per process.
+    """
+    with _STDERR_LOCK:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
 
 
 def _area(box: np.ndarray) -> float:
@@ -463,6 +533,10 @@ class FanLandmarker:
 
     def detect(self, image: np.ndarray, *, image_key: str | None = None) -> list[FaceDetection]:
         """Faces in ``image`` (``(H, W, 3)`` uint8 RGB), largest first."""
+        return self.find_faces(image, image_key=image_key).faces
+
+    def find_faces(self, image: np.ndarray, *, image_key: str | None = None) -> FaceSearch:
+        """As :meth:`detect`, with the number of faces before ``max_faces``."""
         import warnings
 
         image = _check_image(image)
@@ -472,7 +546,7 @@ class FanLandmarker:
                 image, return_bboxes=True
             )
         if landmarks is None:
-            return []
+            return FaceSearch([], 0)
         faces = []
         for points, box in zip(landmarks, boxes, strict=True):
             box = np.asarray(box, dtype=np.float64).reshape(-1)
@@ -538,13 +612,17 @@ class GroundTruthLandmarker:
 
     def detect(self, image: np.ndarray, *, image_key: str | None = None) -> list[FaceDetection]:
         """The given faces of ``image_key``, largest first (``image`` is only checked)."""
+        return self.find_faces(image, image_key=image_key).faces
+
+    def find_faces(self, image: np.ndarray, *, image_key: str | None = None) -> FaceSearch:
+        """As :meth:`detect`, with the number of given faces before ``max_faces``."""
         image = _check_image(image)
         if image_key is None:
             raise ValueError("GroundTruthLandmarker.detect needs image_key= to look landmarks up")
         faces_points = self._landmarks.get(str(image_key))
         if faces_points is None:
             if self.allow_missing:
-                return []
+                return FaceSearch([], 0)
             raise LandmarksNotFoundError(f"no landmarks given for image {image_key!r}")
         faces = []
         for points in faces_points:

@@ -1,8 +1,9 @@
 """The manifest: detections joined with labels and splits, as a partitioned Parquet dataset.
 
-``emoca manifest DETECTIONS OUT --dataset NAME [--labels FILE ...]`` reads the detection
-shards of one dataset (see :mod:`emoca_pipeline.data.detect`), keeps the faces (status
-``ok``), joins them on ``path`` with the labels and assigns splits:
+``emoca manifest build DETECTIONS OUT --dataset NAME [--labels FILE ...]`` reads the
+detection shards of one dataset (see :mod:`emoca_pipeline.data.detect`), keeps the faces
+(status ``ok``), joins them on ``path`` with the labels (read by
+:func:`emoca_pipeline.data.labels.read_labels`) and assigns splits:
 
 - **AffectNet** (``--labels training.csv --labels validation.csv``): columns
   ``subDirectory_filePath, face_x, face_y, face_width, face_height, facial_landmarks,
@@ -32,7 +33,6 @@ table plus one shard.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -49,6 +49,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from emoca_pipeline.data.affectnet import AFFECTNET_CLASSES, affectnet_class_name
+from emoca_pipeline.data.labels import read_labels
+from emoca_pipeline.data.plan import load_plan, shard_path
 from emoca_pipeline.data.schema import (
     MANIFEST_SCHEMA,
     SPLITS,
@@ -59,36 +62,18 @@ from emoca_pipeline.data.schema import (
 from emoca_pipeline.io.atomic import atomic_write_text
 
 __all__ = [
-    "AFFECTNET_CLASSES",
-    "AFFECTNET_COLUMNS",
     "ManifestSettings",
     "ManifestStats",
     "ManifestSummary",
     "build_manifest",
-    "csv_header",
-    "read_csv_columns",
-    "read_labels",
     "read_manifest",
     "stats",
 ]
 
-#: AffectNet's expression classes 0-7 (8-10 are dropped).
-AFFECTNET_CLASSES = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger",
-                     "contempt")
-#: Columns of AffectNet's training.csv / validation.csv, in file order.
-AFFECTNET_COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
-                     "facial_landmarks", "expression", "valence", "arousal")
-_SYNTHETIC_COLUMNS = ("path", "split", "expression", "valence", "arousal")
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: Detection columns a manifest needs.
 _DETECTION_COLUMNS = ["image_id", "path", "frame", "face_index", "width", "height", "bbox",
                       "score", "landmarks", "crop_transform", "status", "detector"]
-#: Label table columns after :func:`read_labels` (one row per image key).
-_LABEL_SCHEMA = pa.schema([
-    ("key", pa.string()), ("split", pa.string()), ("expression", pa.int16()),
-    ("valence", pa.float32()), ("arousal", pa.float32()), ("identity", pa.string()),
-    ("keep", pa.bool_()),
-])
 
 
 @dataclass(frozen=True)
@@ -113,189 +98,6 @@ class ManifestSettings:
                 and self.val_fraction + self.test_fraction < 1):
             raise ValueError("--val-fraction and --test-fraction must be >= 0 with a sum < 1, "
                              f"got {self.val_fraction} and {self.test_fraction}")
-
-
-# --------------------------------------------------------------------------------------------
-# CSV and label tables
-# --------------------------------------------------------------------------------------------
-
-
-def csv_header(path: str | os.PathLike) -> list[str]:
-    """Column names of a CSV file; AffectNet's names when a 9-column file has no header.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is empty or not text.
-    """
-    return _csv_layout(Path(path))[0]
-
-
-def _csv_layout(path: Path) -> tuple[list[str], bool]:
-    """(column names, whether the file lacks a header line)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such CSV file")
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            first = next(csv.reader([f.readline()]), [])
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a UTF-8 CSV file") from None
-    names = [name.strip() for name in first]
-    if not names:
-        raise ValueError(f"{path}: empty CSV file (no header)")
-    # Some AffectNet copies ship validation.csv without its header: the first line is then
-    # a data row, a path with a "/" followed by numbers.
-    if len(names) == len(AFFECTNET_COLUMNS) and "/" in names[0]:
-        try:
-            [float(value) for value in names[1:5] + names[6:]]
-        except ValueError:
-            return names, False
-        return list(AFFECTNET_COLUMNS), True
-    return names, False
-
-
-def read_csv_columns(path: str | os.PathLike, columns: Sequence[str]) -> pa.Table:
-    """Read ``columns`` of a CSV file with pyarrow (paths and landmark strings as strings).
-
-    Raises:
-        FileNotFoundError / ValueError: one line naming the file (missing columns listed).
-    """
-    import pyarrow.csv as pacsv
-
-    path = Path(path)
-    names, headerless = _csv_layout(path)
-    missing = [column for column in columns if column not in names]
-    if missing:
-        raise ValueError(f"{path}: lacks column(s) {', '.join(missing)} "
-                         f"(has {', '.join(names)})")
-    read_options = pacsv.ReadOptions(column_names=names if headerless else None,
-                                     encoding="utf8")
-    text_columns = {"subDirectory_filePath", "facial_landmarks", "path", "image_path", "file"}
-    convert_options = pacsv.ConvertOptions(
-        include_columns=list(columns),
-        column_types={name: pa.string() for name in columns if name in text_columns},
-        strings_can_be_null=True,
-    )
-    try:
-        return pacsv.read_csv(path, read_options=read_options, convert_options=convert_options)
-    except (pa.ArrowInvalid, UnicodeDecodeError) as error:
-        message = " ".join(str(error).split())[:200]
-        raise ValueError(f"{path}: cannot parse CSV: {message}") from None
-
-
-def read_labels(
-    labels: Sequence[str | os.PathLike], settings: ManifestSettings | None = None
-) -> tuple[str, pa.Table, dict[str, int]]:
-    """Read AffectNet CSVs or a synthetic table into one label table.
-
-    Returns:
-        ``(kind, table, counts)``: kind ``"affectnet"`` or ``"synthetic"``; a table with
-        columns key, split, expression, valence, arousal, identity, keep (False for rows
-        AffectNet's rules drop); counts of label rows read and dropped by reason.
-
-    Raises:
-        FileNotFoundError / ValueError: one line naming the file.
-    """
-    settings = settings or ManifestSettings()
-    if not labels:
-        raise ValueError("read_labels needs at least one label file")
-    tables, kinds = [], set()
-    counts = {"label_rows": 0, "dropped_class_8_10": 0, "dropped_invalid_va": 0}
-    for label in labels:
-        path = Path(label)
-        if not path.is_file():
-            raise FileNotFoundError(f"--labels {path}: no such file")
-        suffix = path.suffix.lower()
-        if suffix == ".csv":
-            kinds.add("affectnet")
-            table = _read_affectnet(path, settings, counts)
-        elif suffix == ".parquet":
-            kinds.add("synthetic")
-            table = _read_synthetic(path)
-        else:
-            raise ValueError(f"--labels {path}: must be an AffectNet .csv or a synthetic "
-                             ".parquet table")
-        counts["label_rows"] += table.num_rows
-        tables.append(table)
-    if len(kinds) > 1:
-        raise ValueError("--labels mixes AffectNet CSVs and a synthetic table; give one kind")
-    table = pa.concat_tables(tables)
-    distinct = pc.count_distinct(table.column("key")).as_py()
-    if distinct != table.num_rows:
-        raise ValueError(f"--labels {', '.join(str(p) for p in labels)}: "
-                         f"{table.num_rows - distinct} image paths appear more than once")
-    return kinds.pop(), table, counts
-
-
-def _read_affectnet(path: Path, settings: ManifestSettings, counts: dict[str, int]) -> pa.Table:
-    stem = path.stem.lower()
-    if "train" in stem:
-        split = "train"
-    elif "val" in stem:
-        split = settings.validation_split
-    else:
-        raise ValueError(f"--labels {path}: cannot tell training from validation rows: the "
-                         "file name must contain 'train' or 'val' (training.csv, "
-                         "validation.csv)")
-    table = read_csv_columns(path, ["subDirectory_filePath", "expression", "valence", "arousal"])
-    try:
-        expression = pc.cast(table.column("expression"), pa.int16())
-        valence = pc.cast(table.column("valence"), pa.float32())
-        arousal = pc.cast(table.column("arousal"), pa.float32())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
-        raise ValueError(f"--labels {path}: expression/valence/arousal are not numbers: "
-                         f"{error}") from None
-    keys = table.column("subDirectory_filePath")
-    if keys.null_count:
-        raise ValueError(f"--labels {path}: {keys.null_count} rows without subDirectory_filePath")
-    valid_class = pc.fill_null(pc.and_(pc.greater_equal(expression, 0),
-                                       pc.less_equal(expression, 7)), False)
-    valid_va = pc.fill_null(pc.and_(
-        pc.and_(pc.not_equal(valence, -2.0), pc.not_equal(arousal, -2.0)),
-        pc.and_(pc.is_finite(valence), pc.is_finite(arousal))), False)
-    counts["dropped_class_8_10"] += table.num_rows - (pc.sum(valid_class).as_py() or 0)
-    invalid_va = pc.and_(valid_class, pc.invert(valid_va))
-    counts["dropped_invalid_va"] += pc.sum(invalid_va).as_py() or 0
-    return pa.Table.from_arrays([
-        _normalise_keys(keys), pa.array([split] * table.num_rows, pa.string()), expression,
-        valence, arousal, pa.nulls(table.num_rows, pa.string()),
-        pc.and_(valid_class, valid_va),
-    ], schema=_LABEL_SCHEMA)
-
-
-def _read_synthetic(path: Path) -> pa.Table:
-    try:
-        names = pq.read_schema(path).names
-    except (pa.ArrowInvalid, OSError) as error:
-        raise ValueError(f"--labels {path}: cannot read Parquet table: {error}") from None
-    missing = [name for name in _SYNTHETIC_COLUMNS if name not in names]
-    if missing:
-        raise ValueError(f"--labels {path}: lacks column(s) {', '.join(missing)} of the "
-                         f"synthetic table (has {', '.join(names)})")
-    columns = list(_SYNTHETIC_COLUMNS) + (["identity"] if "identity" in names else [])
-    table = pq.read_table(path, columns=columns)
-    split = table.column("split")
-    unknown = pc.unique(pc.filter(split, pc.invert(pc.fill_null(
-        pc.is_in(split, pa.array(SPLITS)), False)))).to_pylist()
-    if unknown:
-        raise ValueError(f"--labels {path}: unknown split value(s) {unknown}; "
-                         f"expected {', '.join(SPLITS)}")
-    expression = pc.cast(table.column("expression"), pa.int16())
-    identity = (pc.cast(table.column("identity"), pa.string()) if "identity" in columns
-                else pa.nulls(table.num_rows, pa.string()))
-    return pa.Table.from_arrays([
-        _normalise_keys(table.column("path")), pc.cast(split, pa.string()), expression,
-        pc.cast(table.column("valence"), pa.float32()),
-        pc.cast(table.column("arousal"), pa.float32()), identity,
-        pa.array(np.ones(table.num_rows, dtype=bool)),
-    ], schema=_LABEL_SCHEMA)
-
-
-def _normalise_keys(keys: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """POSIX separators, no leading ``./``: the form detection keys have."""
-    keys = pc.cast(keys, pa.string())
-    keys = pc.replace_substring(keys, "\\", "/")
-    keys = pc.replace_substring_regex(keys, r"^(\./)+", "")
-    return keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,8 +170,6 @@ def build_manifest(
     Raises:
         FileNotFoundError / ValueError: one line naming the file or argument.
     """
-    from emoca_pipeline.data.detect import load_plan, shard_path
-
     settings = settings or ManifestSettings()
     if not _DATASET_NAME.match(dataset):
         raise ValueError(f"--dataset {dataset!r}: use letters, digits, '_', '.' and '-' only")
@@ -382,7 +182,7 @@ def build_manifest(
         if not path.is_file():
             raise FileNotFoundError(f"{path}: detection shard missing; finish `emoca detect`")
     if labels:
-        kind, label_table, label_counts = read_labels(labels, settings)
+        kind, label_table, label_counts = read_labels(labels, settings.validation_split)
     else:
         kind, label_table, label_counts = "none", None, {}
     summary = ManifestSummary(dataset, kind, label_counts=label_counts)
@@ -524,17 +324,9 @@ def _count(summary: ManifestSummary, joined: pa.Table) -> None:
                                         grouped.column("expression").to_pylist(),
                                         grouped.column("expression_count").to_pylist(),
                                         strict=True):
-        name = _class_name(expression)
+        name = affectnet_class_name(expression)
         per_split = summary.classes.setdefault(split, {})
         per_split[name] = per_split.get(name, 0) + count
-
-
-def _class_name(expression: int | None) -> str:
-    if expression is None:
-        return "unlabelled"
-    if 0 <= expression < len(AFFECTNET_CLASSES):
-        return AFFECTNET_CLASSES[expression]
-    return str(expression)
 
 
 def _hash_split(image_ids: pa.ChunkedArray | pa.Array, settings: ManifestSettings) -> pa.Array:
@@ -645,6 +437,6 @@ def stats(manifest_dir: str | os.PathLike) -> ManifestStats:
                 grouped.column("expression").to_pylist(), grouped.column("count_all").to_pylist(),
                 strict=True):
             per_class = counts.setdefault(dataset, {}).setdefault(split, {})
-            name = _class_name(expression)
+            name = affectnet_class_name(expression)
             per_class[name] = per_class.get(name, 0) + count
     return ManifestStats(counts)

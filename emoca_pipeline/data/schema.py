@@ -44,6 +44,7 @@ __all__ = [
     "SPLITS",
     "check_table_metadata",
     "fixed_list_array",
+    "fixed_list_values",
     "metadata_of",
     "table_metadata",
 ]
@@ -63,14 +64,16 @@ DETECTION_STATUSES = (
     "ok",            # a face: bbox, landmarks, crop transform
     "no_face",       # decoded, but the landmarker found no face
     "missing",       # the file does not exist or cannot be read
+    "not_a_file",    # a FIFO, device or socket (after symlinks): never read
+    "changed",       # the file changed while it was read
     "empty",         # 0 bytes
-    "too_large",     # over the pixel limit (checked before decoding)
+    "too_large",     # over the byte limit (before reading) or pixel limit (before decoding)
     "decode_error",  # not an image, truncated, corrupt, zero-sized, unreadable video frame
     "detect_error",  # the landmarker raised on this image
     "crop_error",    # a face whose landmarks give no valid crop (degenerate box)
 )
 
-#: Split names of the manifest.
+#: Split names: of the manifest, the synthetic dataset and the training data modules.
 SPLITS = ("train", "val", "test")
 
 
@@ -196,3 +199,49 @@ def fixed_list_array(
     flat = pa.array(np.ascontiguousarray(block).reshape(-1), type=dtype)
     return pa.FixedSizeListArray.from_arrays(flat, width)
 
+
+
+def fixed_list_values(
+    column: pa.ChunkedArray | pa.Array, width: int, *, source: str = "", name: str = "",
+    dtype: np.dtype | type = np.float32, finite: bool = False,
+) -> np.ndarray:
+    """A list column with ``width`` numbers per row -> ``(rows, width)`` numpy block.
+
+    The one reader of list columns: fixed_size_list, list and large_list are accepted (a
+    pandas round trip turns fixed-size lists into plain lists), nulls are not.
+
+    Args:
+        column: the column (chunked or not).
+        width: numbers per row.
+        source, name: the file and column, for error messages.
+        dtype: numpy type of the result.
+        finite: also refuse NaN and inf.
+
+    Raises:
+        ValueError: one line naming ``source`` and ``name``: not a list of numbers, null
+            rows, rows of another length, or (with ``finite``) NaN/inf values.
+    """
+    where = f"{source}: column {name!r}" if source else f"column {name!r}"
+    kind = column.type
+    if not (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind)
+            or pa.types.is_large_list(kind)) or not (
+            pa.types.is_integer(kind.value_type) or pa.types.is_floating(kind.value_type)):
+        raise ValueError(f"{where} must be a list of numbers, got {kind}")
+    if column.null_count:
+        raise ValueError(f"{where} has {column.null_count} null row(s)")
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_fixed_size_list(kind):
+        if kind.list_size != width:
+            raise ValueError(f"{where} has rows of length {kind.list_size}, expected {width}")
+    else:
+        import pyarrow.compute as pc
+
+        lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
+        if lengths.size and (lengths != width).any():
+            bad = int(lengths[lengths != width][0])
+            raise ValueError(f"{where} has rows of length {bad}, expected {width}")
+    values = array.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    values = values.reshape(len(array), width)
+    if finite and not np.isfinite(values).all():
+        raise ValueError(f"{where} contains NaN or inf values")
+    return values

@@ -53,6 +53,7 @@ from emoca_pipeline.evaluation.metrics import (
     RegressionMetrics,
     regression_metrics,
 )
+from emoca_pipeline.evaluation.tables import csv_table, format_value, latex_table, markdown_table
 from emoca_pipeline.io import atomic_output, atomic_write_text
 from emoca_pipeline.models.emotion import AFFECTNET_CLASSES, filter_affectnet_labels
 
@@ -238,6 +239,17 @@ class EmotionEvaluation(NamedTuple):
     confusion_png: Path
     json: Path
 
+    def metrics(self) -> dict[str, float]:
+        """Every cell as an MLflow metric ``<model>/<column>`` (e.g. ``emoca/e_acc``)."""
+        from emoca_pipeline.tracking import metric_key
+
+        return {metric_key(m.model, column): value for m in self.models
+                for column, value in m.row().items()}
+
+    def files(self) -> list[Path]:
+        """The files written (tables, JSON, confusion matrices)."""
+        return [self.csv, self.markdown, self.latex, self.json, self.confusion_png]
+
 
 def _class_names(table: pa.Table, n_classes: int, source: Path) -> tuple[str, ...]:
     raw = (table.schema.metadata or {}).get(b"emoca.classes")
@@ -292,12 +304,16 @@ def _model_metrics(table: pa.Table, model: str, source: Path, n_classes: int
 
 
 def evaluate_emotion(
-    prediction_files: Sequence[str | os.PathLike], out_dir: str | os.PathLike
+    prediction_files: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+    stem: str = "emotion_table", metrics_file: str = "emotion_metrics.json",
+    confusion_file: str = "confusion_matrices.png",
 ) -> EmotionEvaluation:
     """Compare the models in ``prediction_files`` on one test split; write the table.
 
     Every model must cover the same images (after dropping rows with invalid ground truth);
-    a model name may appear in only one file. See the module docstring for the outputs.
+    a model name may appear in only one file. See the module docstring for the outputs;
+    ``stem``, ``metrics_file`` and ``confusion_file`` name them in ``out_dir``
+    (``<stem>.csv``, ``.md``, ``.tex``).
 
     Raises:
         FileNotFoundError: a predictions file does not exist.
@@ -344,7 +360,9 @@ def evaluate_emotion(
                 )
             results.append(metrics)
     assert class_names is not None
-    return _write_outputs(results, class_names, Path(out_dir))
+    out = Path(out_dir)
+    return _write_outputs(results, class_names, out, out / f"{stem}.csv", out / f"{stem}.md",
+                          out / f"{stem}.tex", out / confusion_file, out / metrics_file)
 
 
 # ---------------------------------------------------------------------------------------
@@ -352,61 +370,28 @@ def evaluate_emotion(
 
 
 def _format(value: float, digits: int = 3) -> str:
-    return "--" if not math.isfinite(value) else f"{value:.{digits}f}"
+    return format_value(value, digits)
 
 
 def table_markdown(models: Sequence[ModelEmotionMetrics], digits: int = 3) -> str:
     """The table as GitHub Markdown (rounded to ``digits`` decimals)."""
-    lines = [
-        "| Model | " + " | ".join(TABLE_COLUMNS) + " |",
-        "|---|" + "---:|" * len(TABLE_COLUMNS),
-    ]
-    for metrics in models:
-        cells = [_format(v, digits) for v in metrics.row().values()]
-        lines.append(f"| {metrics.model.replace('|', '/')} | " + " | ".join(cells) + " |")
     counts = ", ".join(f"{m.model}: {m.count}" for m in models)
-    lines += ["", f"Test samples per model: {counts}."]
-    return "\n".join(lines) + "\n"
-
-
-_LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-}
-
-
-def _latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(char, char) for char in text)
+    return markdown_table([m.model for m in models], TABLE_COLUMNS,
+                          [list(m.row().values()) for m in models], digits=digits,
+                          notes=[f"Test samples per model: {counts}."])
 
 
 def table_latex(models: Sequence[ModelEmotionMetrics], digits: int = 3) -> str:
     """The table as a LaTeX ``tabular`` (booktabs rules; rounded to ``digits`` decimals)."""
-    header = " & ".join(["Model", *TABLE_COLUMNS])
-    lines = [
-        "% emotion recognition on one test split; needs \\usepackage{booktabs}",
-        r"\begin{tabular}{l" + "r" * len(TABLE_COLUMNS) + "}",
-        r"\toprule",
-        header + r" \\",
-        r"\midrule",
-    ]
-    for metrics in models:
-        cells = [_format(v, digits) for v in metrics.row().values()]
-        lines.append(" & ".join([_latex_escape(metrics.model), *cells]) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    return latex_table([m.model for m in models], TABLE_COLUMNS,
+                       [list(m.row().values()) for m in models], digits=digits,
+                       comment="emotion recognition on one test split")
 
 
 def _table_csv(models: Sequence[ModelEmotionMetrics]) -> str:
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["model", *TABLE_COLUMNS, "n"])
-    for metrics in models:
-        writer.writerow([metrics.model, *(repr(v) for v in metrics.row().values()),
-                         metrics.count])
-    return buffer.getvalue()
+    return csv_table([m.model for m in models], TABLE_COLUMNS,
+                     [list(m.row().values()) for m in models],
+                     extra={"n": [m.count for m in models]})
 
 
 def _confusion_png(models: Sequence[ModelEmotionMetrics], class_names: Sequence[str],
@@ -441,13 +426,9 @@ def _confusion_png(models: Sequence[ModelEmotionMetrics], class_names: Sequence[
 
 
 def _write_outputs(models: list[ModelEmotionMetrics], class_names: tuple[str, ...],
-                   out_dir: Path) -> EmotionEvaluation:
+                   out_dir: Path, csv_path: Path, md_path: Path, tex_path: Path,
+                   png_path: Path, json_path: Path) -> EmotionEvaluation:
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = out_dir / "emotion_table.csv"
-    md_path = out_dir / "emotion_table.md"
-    tex_path = out_dir / "emotion_table.tex"
-    png_path = out_dir / "confusion_matrices.png"
-    json_path = out_dir / "emotion_metrics.json"
     atomic_write_text(csv_path, _table_csv(models))
     atomic_write_text(md_path, table_markdown(models))
     atomic_write_text(tex_path, table_latex(models))

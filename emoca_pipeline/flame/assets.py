@@ -34,7 +34,6 @@ __all__ = [
 ]
 
 
-
 class FlameAssets(NamedTuple):
     """Everything EMOCA reads from a FLAME asset folder.
 

@@ -25,6 +25,7 @@ __all__ = [
     "FlameModelData",
     "LandmarkEmbedding",
     "MediaPipeEmbedding",
+    "drop_leading_ones",
     "load_flame_model",
     "load_landmark_embedding",
     "load_mediapipe_embedding",
@@ -110,6 +111,19 @@ class MediaPipeEmbedding:
     faces: np.ndarray
     bary: np.ndarray
     landmark_indices: np.ndarray
+
+
+def drop_leading_ones(array: Any, ndim: int) -> Any:
+    """``array`` (numpy or torch) with leading axes of length 1 dropped down to ``ndim`` axes.
+
+    DECA's ``landmark_embedding.npy`` stores the full 68-point set as (1, 68) and
+    (1, 68, 3), and the original FLAME layer registers them so (the released checkpoints
+    hold those shapes); this code keeps (68,) and (68, 3). Any other extra axis stays, for
+    the caller's shape check to report.
+    """
+    while array.ndim > ndim and array.shape[0] == 1:
+        array = array[0]
+    return array
 
 
 def _load_mapping(path: Path) -> dict[str, Any]:
@@ -198,6 +212,9 @@ def load_flame_model(path: str | os.PathLike) -> FlameModelData:
 def load_landmark_embedding(path: str | os.PathLike, num_faces: int) -> LandmarkEmbedding:
     """Read ``landmark_embedding.npy`` (numpy arrays or torch tensors inside the dict).
 
+    Each array may carry a leading axis of length 1 (DECA's file stores the full 68-point
+    set as (1, 68) and (1, 68, 3)).
+
     Args:
         path: the file.
         num_faces: F of the model, to check the face indices.
@@ -206,14 +223,16 @@ def load_landmark_embedding(path: str | os.PathLike, num_faces: int) -> Landmark
     data = safe_load_npy(path)
     if not isinstance(data, dict):
         raise FlameAssetError(f"{path}: expected a pickled dict, found {type(data).__name__}")
-    get = lambda key, dtype: _array(data, key, path, dtype)  # noqa: E731
+    def get(key: str, dtype: Any, ndim: int) -> np.ndarray:
+        return drop_leading_ones(_array(data, key, path, dtype), ndim)
+
     emb = LandmarkEmbedding(
-        static_faces=get("static_lmk_faces_idx", np.int64).reshape(-1),
-        static_bary=get("static_lmk_bary_coords", np.float64).reshape(-1, 3),
-        dynamic_faces=get("dynamic_lmk_faces_idx", np.int64),
-        dynamic_bary=get("dynamic_lmk_bary_coords", np.float64),
-        full_faces=get("full_lmk_faces_idx", np.int64).reshape(-1),
-        full_bary=get("full_lmk_bary_coords", np.float64).reshape(-1, 3),
+        static_faces=get("static_lmk_faces_idx", np.int64, 1),
+        static_bary=get("static_lmk_bary_coords", np.float64, 2),
+        dynamic_faces=get("dynamic_lmk_faces_idx", np.int64, 2),
+        dynamic_bary=get("dynamic_lmk_bary_coords", np.float64, 3),
+        full_faces=get("full_lmk_faces_idx", np.int64, 1),
+        full_bary=get("full_lmk_bary_coords", np.float64, 2),
     )
     _check_shape(emb.static_faces, (51,), f"{path}: 'static_lmk_faces_idx'")
     _check_shape(emb.static_bary, (51, 3), f"{path}: 'static_lmk_bary_coords'")
@@ -229,14 +248,19 @@ def load_landmark_embedding(path: str | os.PathLike, num_faces: int) -> Landmark
 
 
 def load_mediapipe_embedding(path: str | os.PathLike, num_faces: int) -> MediaPipeEmbedding:
-    """Read ``mediapipe_landmark_embedding.npz`` (lmk_face_idx, lmk_b_coords, landmark_indices)."""
+    """Read ``mediapipe_landmark_embedding.npz`` (lmk_face_idx, lmk_b_coords, landmark_indices).
+
+    A leading axis of length 1 is accepted on each array; without ``landmark_indices`` the
+    MediaPipe mesh indices are -1.
+    """
     path = Path(path)
     data = _load_mapping(path)
-    faces = _array(data, "lmk_face_idx", path, np.int64).reshape(-1)
-    bary = _array(data, "lmk_b_coords", path, np.float64)
+    faces = drop_leading_ones(_array(data, "lmk_face_idx", path, np.int64), 1)
+    _check_shape(faces, (None,), f"{path}: 'lmk_face_idx'")
+    bary = drop_leading_ones(_array(data, "lmk_b_coords", path, np.float64), 2)
     _check_shape(bary, (faces.shape[0], 3), f"{path}: 'lmk_b_coords'")
     if "landmark_indices" in data:
-        indices = _array(data, "landmark_indices", path, np.int64).reshape(-1)
+        indices = drop_leading_ones(_array(data, "landmark_indices", path, np.int64), 1)
         _check_shape(indices, (faces.shape[0],), f"{path}: 'landmark_indices'")
     else:
         indices = np.full(faces.shape[0], -1, dtype=np.int64)

@@ -20,16 +20,25 @@ from emoca_pipeline.flame.io import (
     FlameModelData,
     LandmarkEmbedding,
     MediaPipeEmbedding,
+    drop_leading_ones,
     load_flame_model,
     load_landmark_embedding,
     load_mediapipe_embedding,
 )
 from emoca_pipeline.flame.lbs import batch_rodrigues, lbs, rot_mat_to_euler_y, vertices2landmarks
 
-__all__ = ["FLAME", "FlameOutput", "create", "dynamic_contour_rows"]
+__all__ = ["FLAME", "LANDMARK_BUFFER_NDIM", "FlameOutput", "create", "dynamic_contour_rows"]
 
 NECK_JOINT = 1
 MAX_CONTOUR_YAW = 39  # degrees; the dynamic contour table has 2 * 39 + 1 rows
+#: Axes of the landmark buffers. The original's files and checkpoints may hold one more,
+#: leading, of length 1 (DECA's full 68-point set is (1, 68) and (1, 68, 3)): accepted.
+LANDMARK_BUFFER_NDIM: dict[str, int] = {
+    "static_lmk_faces": 1, "static_lmk_bary": 2,
+    "dynamic_lmk_faces": 2, "dynamic_lmk_bary": 3,
+    "full_lmk_faces": 1, "full_lmk_bary": 2,
+    "mp_lmk_faces": 1, "mp_lmk_bary": 2, "mp_landmark_indices": 1,
+}
 
 
 class FlameOutput(NamedTuple):
@@ -82,8 +91,10 @@ class FLAME(nn.Module):
 
     Args:
         model: arrays of a FLAME model file.
-        landmarks: the landmark embedding; without it, no landmarks are returned.
-        mediapipe: the MediaPipe embedding (EMOCA v2), optional.
+        landmarks: the landmark embedding; without it, no landmarks are returned. Its
+            arrays may carry a leading axis of length 1 (DECA's full set is (1, 68)); the
+            buffers drop it (:data:`LANDMARK_BUFFER_NDIM`).
+        mediapipe: the MediaPipe embedding (EMOCA v2), optional (the same rule).
         n_shape: identity components used (<= 300).
         n_exp: expression components used (<= 100).
         dtype: float32 or float64 buffers.
@@ -126,19 +137,40 @@ class FLAME(nn.Module):
             joint = int(model.parents[joint])
         buf("neck_kin_chain", np.array(chain), torch.long)
 
+        def landmarks_buf(faces_name: str, faces: np.ndarray, bary_name: str,
+                          bary: np.ndarray) -> None:
+            arrays = {}
+            for name, array in ((faces_name, faces), (bary_name, bary)):
+                ndim = LANDMARK_BUFFER_NDIM[name]
+                arrays[name] = drop_leading_ones(np.asarray(array), ndim)
+                if arrays[name].ndim != ndim:
+                    raise ValueError(f"{name}: expected {ndim} axes (or a leading one of "
+                                     f"length 1 more), got shape {np.shape(array)}")
+            if arrays[bary_name].shape != (*arrays[faces_name].shape, 3):
+                raise ValueError(f"{bary_name}: shape {arrays[bary_name].shape} does not fit "
+                                 f"{faces_name} {arrays[faces_name].shape}")
+            buf(faces_name, arrays[faces_name], torch.long)
+            buf(bary_name, arrays[bary_name])
+
         self.has_landmarks = landmarks is not None
         if landmarks is not None:
-            buf("static_lmk_faces", landmarks.static_faces, torch.long)
-            buf("static_lmk_bary", landmarks.static_bary)
-            buf("dynamic_lmk_faces", landmarks.dynamic_faces, torch.long)
-            buf("dynamic_lmk_bary", landmarks.dynamic_bary)
-            buf("full_lmk_faces", landmarks.full_faces, torch.long)
-            buf("full_lmk_bary", landmarks.full_bary)
+            landmarks_buf("static_lmk_faces", landmarks.static_faces,
+                          "static_lmk_bary", landmarks.static_bary)
+            landmarks_buf("dynamic_lmk_faces", landmarks.dynamic_faces,
+                          "dynamic_lmk_bary", landmarks.dynamic_bary)
+            landmarks_buf("full_lmk_faces", landmarks.full_faces,
+                          "full_lmk_bary", landmarks.full_bary)
+            if self.dynamic_lmk_faces.shape[0] != 2 * MAX_CONTOUR_YAW + 1:
+                raise ValueError(f"dynamic_lmk_faces: {self.dynamic_lmk_faces.shape[0]} yaw "
+                                 f"rows, expected {2 * MAX_CONTOUR_YAW + 1}")
         self.has_mediapipe = mediapipe is not None
         if mediapipe is not None:
-            buf("mp_lmk_faces", mediapipe.faces, torch.long)
-            buf("mp_lmk_bary", mediapipe.bary)
-            buf("mp_landmark_indices", mediapipe.landmark_indices, torch.long)
+            landmarks_buf("mp_lmk_faces", mediapipe.faces, "mp_lmk_bary", mediapipe.bary)
+            indices = drop_leading_ones(np.asarray(mediapipe.landmark_indices), 1)
+            if indices.shape != tuple(self.mp_lmk_faces.shape):
+                raise ValueError(f"mp_landmark_indices: shape {indices.shape}, expected "
+                                 f"{tuple(self.mp_lmk_faces.shape)}")
+            buf("mp_landmark_indices", indices, torch.long)
 
     @property
     def num_vertices(self) -> int:

@@ -7,8 +7,12 @@ of a small vocabulary and whose ``reason`` is one line a person can act on:
 =================  ===========================================================================
 ``ok``             decoded; ``image`` is ``(H, W, 3)`` uint8 RGB
 ``missing``        the path does not exist or cannot be read (permissions, a folder, ...)
+``not_a_file``     the path (after following symlinks) is a FIFO, a device or a socket:
+                   never opened for reading, so ``/dev/zero`` or a pipe cannot stall a run
+``changed``        the file's size or modification time changed while it was read
 ``empty``          the file has 0 bytes
-``too_large``      the header declares more than ``max_pixels`` pixels (checked before decoding)
+``too_large``      the file is larger than ``max_bytes`` (checked before reading), or the
+                   header declares more than ``max_pixels`` pixels (checked before decoding)
 ``decode_error``   not an image, an unknown format, a truncated or corrupt file, or a header
                    that declares a zero-sized image
 =================  ===========================================================================
@@ -30,10 +34,12 @@ Conversions (all to 8-bit RGB, so that every later stage sees one layout):
 
 Pillow decodes (only the formats in :data:`PILLOW_FORMATS`); OpenCV is the fallback for files
 that Pillow cannot identify or whose pixel layout it does not support (e.g. some TIFF
-compressions). Pillow refuses images above
-``2 * PIL.Image.MAX_IMAGE_PIXELS`` (about 179 MP) on its own, so ``max_pixels`` is effectively
-capped there; files that only OpenCV decodes are checked after decoding (OpenCV refuses more
-than 2**30 pixels itself).
+compressions). ``max_pixels`` is the one pixel limit: Pillow's own decompression-bomb cap
+(``PIL.Image.MAX_IMAGE_PIXELS``) is switched off while a header is parsed, and the size it
+declares is checked against ``max_pixels`` before any pixel is decoded, so a larger
+``max_pixels`` passes Pillow's default cap and a refusal always names ``max_pixels``. Files
+that only OpenCV decodes are checked after decoding (OpenCV refuses more than 2**30 pixels
+itself).
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ import functools
 import hashlib
 import io
 import os
+import stat
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
@@ -49,11 +57,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
     "DECODE_STATUSES",
     "PILLOW_FORMATS",
     "DecodedImage",
     "image_id",
+    "read_file_bytes",
     "read_image",
 ]
 
@@ -61,8 +71,15 @@ __all__ = [
 #: and below Pillow's own decompression-bomb warning threshold (89.5 MP).
 DEFAULT_MAX_PIXELS = 64_000_000
 
+#: Default file size limit: 512 MiB holds an uncompressed 16-bit RGBA image of 64 MP.
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+
 #: Every status :func:`read_image` can return.
-DECODE_STATUSES = ("ok", "missing", "empty", "too_large", "decode_error")
+DECODE_STATUSES = ("ok", "missing", "not_a_file", "changed", "empty", "too_large",
+                   "decode_error")
+
+# Image.MAX_IMAGE_PIXELS is process-wide: reads that switch it off take turns.
+_PILLOW_CAP_LOCK = threading.Lock()
 
 _EMPTY_IMAGE = np.zeros((0, 0, 3), dtype=np.uint8)
 _EMPTY_IMAGE.flags.writeable = False
@@ -130,12 +147,15 @@ def image_id(source: str | os.PathLike | bytes) -> str:
 
     Raises:
         FileNotFoundError: ``source`` is a path that does not exist.
+        ValueError: ``source`` is not a regular file (a FIFO or a device never ends).
     """
     if isinstance(source, bytes | bytearray | memoryview):
         return hashlib.blake2b(source, digest_size=20).hexdigest()
     path = Path(source)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"image_id: no such file: {path}")
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise ValueError(f"image_id: {path}: not a regular file")
     digest = hashlib.blake2b(digest_size=20)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -143,15 +163,78 @@ def image_id(source: str | os.PathLike | bytes) -> str:
     return digest.hexdigest()
 
 
+def read_file_bytes(
+    path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES
+) -> bytes | DecodedImage:
+    """The bytes of a regular file, or a failed :class:`DecodedImage` saying why not.
+
+    Nothing that is not a regular file (after following symlinks) is read, and no file over
+    ``max_bytes`` is: the type and size are checked before the first byte, on the open
+    descriptor too (``O_NONBLOCK``, so a FIFO swapped in after the check cannot block). A
+    file whose size or modification time differs after the read is ``changed``.
+    """
+    path = Path(path)
+    try:
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            return _failure("missing", "a folder, not a file")
+        if not stat.S_ISREG(info.st_mode):
+            return _failure("not_a_file", f"{_file_kind(info.st_mode)}, not a regular file")
+        if info.st_size > max_bytes:
+            return _failure("too_large", f"file is {info.st_size} bytes, over "
+                            f"max_bytes={max_bytes}")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return _failure("missing", "no such file")
+    except OSError as error:
+        return _failure("missing", f"cannot read file: {_describe(error)}")
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            return _failure("not_a_file", f"{_file_kind(before.st_mode)}, not a regular file")
+        if before.st_size > max_bytes:
+            return _failure("too_large", f"file is {before.st_size} bytes, over "
+                            f"max_bytes={max_bytes}")
+        parts, remaining = [], before.st_size + 1  # one byte more: a file that grew shows
+        while remaining > 0:
+            part = os.read(fd, min(remaining, 1 << 24))
+            if not part:
+                break
+            parts.append(part)
+            remaining -= len(part)
+        after = os.fstat(fd)
+    except OSError as error:
+        return _failure("missing", f"cannot read file: {_describe(error)}")
+    finally:
+        os.close(fd)
+    data = b"".join(parts)
+    if (len(data) != before.st_size or after.st_size != before.st_size
+            or after.st_mtime_ns != before.st_mtime_ns):
+        return _failure("changed", f"file changed while it was read ({before.st_size} bytes "
+                        f"before, {len(data)} read, {after.st_size} after)")
+    return data
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
 def read_image(
-    source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS
+    source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> DecodedImage:
     """Decode an image file (or its bytes) to RGB uint8; never raises for a bad file.
 
     Args:
-        source: a path, or the file's bytes (read them once to hash and decode both).
+        source: a path, or the file's bytes (read them once with :func:`read_file_bytes`
+            to hash and decode both).
         max_pixels: refuse images whose header declares more pixels than this
             (``width * height``), before any pixel data is decoded.
+        max_bytes: refuse files larger than this, before reading them (paths only).
 
     Returns:
         a :class:`DecodedImage`; see the module docstring for the status vocabulary and the
@@ -165,12 +248,10 @@ def read_image(
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
     else:
-        try:
-            data = Path(source).read_bytes()
-        except FileNotFoundError:
-            return _failure("missing", "no such file")
-        except OSError as error:
-            return _failure("missing", f"cannot read file: {_describe(error)}")
+        read = read_file_bytes(source, max_bytes)
+        if isinstance(read, DecodedImage):
+            return read
+        data = read
     try:
         return _decode(data, max_pixels)
     except Exception as error:  # noqa: BLE001 - the contract is "never raises for a bad file"
@@ -178,14 +259,23 @@ def read_image(
 
 
 def _decode(data: bytes, max_pixels: int) -> DecodedImage:
+    """Decode with Pillow's pixel cap off: ``max_pixels``, checked on the header's size before
+    any pixel is decoded, is the limit (Pillow's default must neither hide nor cap it)."""
+    with _PILLOW_CAP_LOCK:
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return _decode_uncapped(data, max_pixels)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+def _decode_uncapped(data: bytes, max_pixels: int) -> DecodedImage:
     if not data:
         return _failure("empty", "file is empty (0 bytes)")
     sniffed = _sniff_format(data)
     try:
         pil_image = Image.open(io.BytesIO(data), formats=_pillow_formats())
-    except Image.DecompressionBombError as error:
-        declared = _declared_size(data, sniffed) or (0, 0)
-        return _failure("too_large", _describe(error), *declared, fmt=sniffed)
     except UnidentifiedImageError:
         declared = _declared_size(data, sniffed)
         if declared is not None and 0 in declared:

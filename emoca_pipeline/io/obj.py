@@ -51,6 +51,7 @@ def save_obj(
     faces: np.ndarray,
     uvs: np.ndarray | None = None,
     face_uvs: np.ndarray | None = None,
+    material: str | None = None,
 ) -> None:
     """Write a triangle mesh, atomically.
 
@@ -60,6 +61,9 @@ def save_obj(
         faces: (F, 3) 0-based vertex indices.
         uvs: (T, 2) texture coordinates, or None.
         face_uvs: (F, 3) 0-based indices into ``uvs``; required with ``uvs``.
+        material: optional name of an MTL file beside ``path`` (without ``.mtl``), written as
+            ``mtllib <material>.mtl`` and ``usemtl FaceTexture`` (DECA's textured OBJ); the
+            caller writes the MTL file and its texture.
     """
     verts = np.asarray(verts, dtype=np.float64)
     faces = np.asarray(faces, dtype=np.int64)
@@ -70,7 +74,8 @@ def save_obj(
     _check_indices("faces", faces, verts.shape[0])
     if (uvs is None) != (face_uvs is None):
         raise ValueError("uvs and face_uvs: give both or neither")
-    lines = [f"v {x:.8f} {y:.8f} {z:.8f}" for x, y, z in verts.tolist()]
+    lines = [f"mtllib {material}.mtl", "usemtl FaceTexture"] if material else []
+    lines += [f"v {x:.8f} {y:.8f} {z:.8f}" for x, y, z in verts.tolist()]
     if uvs is not None and face_uvs is not None:
         uvs = np.asarray(uvs, dtype=np.float64)
         face_uvs = np.asarray(face_uvs, dtype=np.int64)

@@ -1,6 +1,7 @@
 """EMOCA's training losses: the coarse stage (emotion consistency, landmarks, photometric,
-expression regulariser; MediaPipe landmarks of EMOCA v2 as options) and the detail stage
-(UV photometric, ID-MRF, displacement regularisers).
+expression regulariser; EMOCA v2's MediaPipe landmark and lip-reading terms and DECA's
+identity term as options) and the detail stage (UV photometric, ID-MRF, displacement
+regularisers).
 
 Constants are the original's (``gdl/layers/losses/DecaLosses.py``, ``gdl/models/DECA.py``);
 landmark indices are 0-based in the 68-point scheme, coordinates in the crop's [-1, 1]
@@ -14,7 +15,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,6 @@ __all__ = [
     "ground_truth_code_loss",
     "light_regularizer",
     "landmark_weights",
-    "mediapipe_landmark_loss",
     "photometric_loss",
     "relative_distance_loss",
     "shading_smoothness_loss",
@@ -99,12 +99,17 @@ def _pair_distances(points: Tensor, pairs: tuple[tuple[int, int], ...]) -> Tenso
 
 def relative_distance_loss(predicted: Tensor, target: Tensor,
                            pairs: tuple[tuple[int, int], ...]) -> Tensor:
-    """Mean over images and pairs of ``| |p_a - p_b| - |t_a - t_b| |`` (DECA's eyed/lipd).
+    """Mean over images and pairs of ``| |p_a - p_b| - |t_a - t_b| |`` (DECA's eyed/lipd,
+    EMOCA's mouth_corner; the MediaPipe versions in :mod:`emoca_pipeline.losses.mediapipe`).
 
     Args:
-        predicted: (N, 68, 2+). target: (N, 68, 2+). pairs: 0-based index pairs.
+        predicted: (N, K, 2+), K points of one scheme (68, or the 105 MediaPipe points).
+        target: (N, K, 2+). pairs: 0-based index pairs into the K points.
     """
-    _check_landmarks(predicted, target)
+    _check_landmarks(predicted, target, predicted.shape[1])
+    if max(max(pair) for pair in pairs) >= predicted.shape[1]:
+        raise ValueError(f"pairs index point {max(max(p) for p in pairs)}, the landmarks "
+                         f"have {predicted.shape[1]}")
     return (_pair_distances(predicted, pairs) - _pair_distances(target, pairs)).abs().mean()
 
 
@@ -135,13 +140,6 @@ def ground_truth_code_loss(predicted: Tensor, target: Tensor) -> Tensor:
     return (predicted - target).abs().mean()
 
 
-def mediapipe_landmark_loss(predicted: Tensor, target: Tensor) -> Tensor:
-    """EMOCA v2: mean L1 between the 105 projected MediaPipe points (N, 105, 2) and the
-    detected ones at the same MediaPipe indices (N, 105, 2)."""
-    _check_landmarks(predicted, target, predicted.shape[1])
-    return (predicted[..., :2] - target[..., :2]).abs().mean()
-
-
 def shading_smoothness_loss(shading: Tensor) -> Tensor:
     """DECA's ``shading_smooth_loss``: mean squared x and y differences of (N, C, H, W)."""
     dx = shading[:, :, 1:-1, 1:] - shading[:, :, 1:-1, :-1]
@@ -150,13 +148,15 @@ def shading_smoothness_loss(shading: Tensor) -> Tensor:
 
 
 def binary_erosion(mask: Tensor, kernel_size: int = 5) -> Tensor:
-    """Binary erosion of (N, 1, H, W) masks with a square kernel (outside counts as 0)."""
-    padded = F.pad(mask, [kernel_size // 2] * 4, value=0.0)
+    """Binary erosion of (N, 1, H, W) masks with a square kernel (outside counts as 0).
+
+    The mask is binarised first, every non-zero value counting as inside: the original
+    (DECA/EMOCA ``util.binary_erosion``) hands the soft visibility mask to
+    ``scipy.ndimage.binary_erosion``, which does exactly that. Returns 0/1 of mask's dtype.
+    """
+    binary = (mask != 0).to(mask.dtype)
+    padded = F.pad(binary, [kernel_size // 2] * 4, value=0.0)
     return -F.max_pool2d(-padded, kernel_size, stride=1)
-
-
-class FeatureNetwork(Protocol):
-    def features(self, images: Tensor) -> Tensor: ...
 
 
 class EmotionConsistencyLoss(nn.Module):
@@ -197,8 +197,13 @@ class CoarseLossWeights:
 
     emotion: emotion consistency (0 disables). landmark: weighted 68-point L1 (0: logged
     only). eye_distance, lip_distance, mouth_corner: relative landmark losses.
-    photometric: masked L1. expression_reg: x sum(exp^2)/2. mediapipe_landmark,
-    mediapipe_relative: EMOCA v2 options (0: off).
+    photometric: masked L1. expression_reg: x sum(exp^2)/2.
+    mediapipe_landmark, mediapipe_eye_distance, mediapipe_lip_distance,
+    mediapipe_mouth_corner: EMOCA v2's terms on the 105 MediaPipe points (the original's
+    lmk_weight_mp, eyed_mp, lipd_mp, lipd_mp; see :mod:`emoca_pipeline.losses.mediapipe`).
+    lip_reading: EMOCA v2's lip-reading feature loss (:mod:`emoca_pipeline.losses.lipreading`).
+    identity: DECA's VGGFace2 identity loss (DECA's coarse stage: 0.2; 0 in EMOCA's).
+    A term > 0 whose network or inputs are missing is an error.
     shape_reg, tex_reg: x sum(code^2)/2; light_reg: white-light prior (DECA's coarse
     pre-training: 1e-4, 1e-4, 1.0; 0 in EMOCA's stage, where E_flame is frozen).
     gt_shape, gt_exp, gt_pose, gt_cam: auxiliary mean-L1 losses on ground-truth codes (the
@@ -215,6 +220,11 @@ class CoarseLossWeights:
     photometric: float = 2.0
     expression_reg: float = 1e-4
     mediapipe_landmark: float = 0.0
+    mediapipe_eye_distance: float = 0.0
+    mediapipe_lip_distance: float = 0.0
+    mediapipe_mouth_corner: float = 0.0
+    lip_reading: float = 0.0
+    identity: float = 0.0
     shape_reg: float = 0.0
     tex_reg: float = 0.0
     light_reg: float = 0.0
@@ -268,35 +278,64 @@ def _sum(parts: dict[str, tuple[Tensor, float]]) -> LossTerms:
     return LossTerms(total, terms)
 
 
+def _required(name: str, weight: float, module: nn.Module | None, what: str) -> None:
+    if weight > 0 and module is None:
+        raise ValueError(f"{name} = {weight} needs {what} (set {name} to 0 to train without "
+                         "this term)")
+
+
 class EmocaCoarseLoss(nn.Module):
     """The coarse-stage loss.
 
     Args:
         weights: :class:`CoarseLossWeights`.
         emotion_network: a frozen network with ``features``; required when
-            ``weights.emotion > 0`` (the term is then off with a warning otherwise).
+            ``weights.emotion > 0``.
+        identity_loss: a :class:`~emoca_pipeline.losses.identity.VGGFace2IdentityLoss`;
+            required when ``weights.identity > 0``.
+        lip_reading_loss: a :class:`~emoca_pipeline.losses.lipreading.LipReadingLoss`;
+            required when ``weights.lip_reading > 0``.
+
+    Raises:
+        ValueError: a weight > 0 whose network is missing.
     """
 
     def __init__(self, weights: CoarseLossWeights | None = None,
-                 emotion_network: nn.Module | None = None) -> None:
+                 emotion_network: nn.Module | None = None,
+                 identity_loss: nn.Module | None = None,
+                 lip_reading_loss: nn.Module | None = None) -> None:
         super().__init__()
         self.weights = weights or CoarseLossWeights()
+        w = self.weights
+        _required("emotion", w.emotion, emotion_network,
+                  "a trained emotion network (EmotionImageNet weights)")
+        _required("identity", w.identity, identity_loss,
+                  "the VGGFace2 face-recognition network (resnet50_ft_weight.pkl)")
+        _required("lip_reading", w.lip_reading, lip_reading_loss,
+                  "the lip-reading network's weights")
         self.emotion = EmotionConsistencyLoss(emotion_network) if emotion_network else None
-        if self.weights.emotion > 0 and self.emotion is None:
-            log.warning("emotion consistency loss disabled: no emotion network given")
+        self.identity = identity_loss
+        self.lip_reading = lip_reading_loss
 
     def forward(self, predicted_images: Tensor, predicted_landmarks: Tensor, exp: Tensor,
                 images: Tensor, landmarks: Tensor, masks: Tensor,
                 predicted_mediapipe: Tensor | None = None,
                 mediapipe_landmarks: Tensor | None = None,
                 codes: Mapping[str, Tensor] | None = None,
-                ground_truth: Mapping[str, Tensor] | None = None) -> LossTerms:
+                ground_truth: Mapping[str, Tensor] | None = None,
+                identity_images: Tensor | None = None) -> LossTerms:
         """Shapes: predicted_images, images (N, 3, H, W); predicted_landmarks, landmarks
-        (N, 68, 2) in [-1, 1]; exp (N, n_exp); masks (N, 1, H, W); MediaPipe (N, 105, 2).
+        (N, 68, 2) in [-1, 1]; exp (N, n_exp); masks (N, 1, H, W).
 
+        predicted_mediapipe: (N, 105, 2) projected MediaPipe points; mediapipe_landmarks:
+        the detected ones, (N, 105, 2) or the full (N, 478, 2) mesh (the 105 are selected).
+        Both are required when a ``mediapipe_*`` weight is > 0.
         codes: the other predicted codes by name (shape (N, n_shape), tex (N, n_tex), pose
         (N, 6), cam (N, 3), light (N, 9, 3)) for the regularisers and ground-truth terms.
-        ground_truth: true codes by name (shape, exp, pose, cam), widths as predicted."""
+        ground_truth: true codes by name (shape, exp, pose, cam), widths as predicted.
+        identity_images: (N, 3, H, W) the identity loss's generated image (DECA: the
+        render with detached albedo and light pasted over the input, ``albedo * shading *
+        face_eye_mask + images * (1 - face_eye_mask)``); required when ``identity > 0``."""
         w = self.weights
         parts: dict[str, tuple[Tensor, float]] = {
             "landmark": (weighted_landmark_loss(predicted_landmarks, landmarks), w.landmark),
@@ -328,16 +367,50 @@ class EmocaCoarseLoss(nn.Module):
                                  "codes (a table with ground-truth columns)")
         if self.emotion is not None:
             parts["emotion"] = (self.emotion(predicted_images, images), w.emotion)
-        if (w.mediapipe_landmark > 0 and predicted_mediapipe is not None
-                and mediapipe_landmarks is not None):
-            parts["mediapipe_landmark"] = (
-                mediapipe_landmark_loss(predicted_mediapipe, mediapipe_landmarks),
-                w.mediapipe_landmark)
+        parts.update(self._mediapipe_terms(predicted_mediapipe, mediapipe_landmarks))
+        if self.identity is not None:
+            if identity_images is None:
+                raise ValueError("identity > 0 needs identity_images (the render over the "
+                                 "input image)")
+            parts["identity"] = (self.identity(identity_images, images), w.identity)
+        if self.lip_reading is not None:
+            parts["lip_reading"] = (self.lip_reading(images, predicted_images, landmarks,
+                                                     predicted_landmarks), w.lip_reading)
         return _sum(parts)
+
+    def _mediapipe_terms(self, predicted: Tensor | None, detected: Tensor | None
+                         ) -> dict[str, tuple[Tensor, float]]:
+        from emoca_pipeline.losses import mediapipe as mp
+
+        w = self.weights
+        terms = {"mediapipe_landmark": (mp.mediapipe_landmark_loss, w.mediapipe_landmark),
+                 "mediapipe_eye_distance": (mp.mediapipe_eye_distance_loss,
+                                            w.mediapipe_eye_distance),
+                 "mediapipe_lip_distance": (mp.mediapipe_lip_distance_loss,
+                                            w.mediapipe_lip_distance),
+                 "mediapipe_mouth_corner": (mp.mediapipe_mouth_corner_loss,
+                                            w.mediapipe_mouth_corner)}
+        if predicted is None or detected is None:
+            on = [f"{name} = {weight}" for name, (_, weight) in terms.items() if weight > 0]
+            if on:
+                missing = "projected" if predicted is None else "detected"
+                raise ValueError(f"{on[0]} needs the {missing} MediaPipe points (a FLAME "
+                                 "model with the MediaPipe embedding and a table with the "
+                                 "'mediapipe_landmarks' column)")
+            return {}
+        if detected.shape[1] == mp.MEDIAPIPE_MESH_POINTS:
+            detected = mp.mediapipe_targets(detected)
+        return {name: (loss(predicted, detected), weight)
+                for name, (loss, weight) in terms.items()}
 
 
 class _VGG19Features(nn.Module):
-    """VGG19 ``features`` up to relu4_2, ImageNet-normalised input (DECA's VGG19FeatLayer)."""
+    """VGG19 ``features`` up to relu4_1, ImageNet-normalised input (DECA's VGG19FeatLayer).
+
+    The original names layers by counting convs and ReLUs together within a block (conv3_1,
+    relu3_2, conv3_3, ...), so its "relu3_2" and "relu4_2" are the ReLUs after conv3_1 and
+    conv4_1 (``features[11]``, ``features[20]``): those are the layers used here.
+    """
 
     def __init__(self, weights: dict[str, Tensor]) -> None:
         super().__init__()
@@ -347,7 +420,7 @@ class _VGG19Features(nn.Module):
         state = {k[len("features."):] if k.startswith("features.") else k: v
                  for k, v in weights.items() if not k.startswith("classifier.")}
         features.load_state_dict(state)
-        self.features = features[:23]  # ... conv4_2 (21), relu4_2 (22)
+        self.features = features[:21]  # ... conv4_1 (19), relu4_1 (20)
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
@@ -356,10 +429,10 @@ class _VGG19Features(nn.Module):
         out = {}
         for index, layer in enumerate(self.features):
             x = layer(x)
-            if index == 13:
-                out["relu3_2"] = x
-            elif index == 22:
-                out["relu4_2"] = x
+            if index == 11:
+                out["relu3_1"] = x
+            elif index == 20:
+                out["relu4_1"] = x
         return out
 
 
@@ -388,7 +461,8 @@ def mrf_loss(generated: Tensor, target: Tensor, bias: float = 1.0, sigma: float 
 
 
 class IDMRFLoss(nn.Module):
-    """DECA's ID-MRF loss on VGG19 relu3_2 and relu4_2 (style) + relu4_2 (content).
+    """DECA's ID-MRF loss on VGG19 relu3_1 and relu4_1 (style) + relu4_1 (content) (the
+    original's "relu3_2"/"relu4_2", see :class:`_VGG19Features`).
 
     Args:
         vgg19_weights: local torchvision VGG19 state-dict file (``features.*`` keys; read
@@ -421,9 +495,9 @@ class IDMRFLoss(nn.Module):
         if not self.enabled or self.vgg is None:
             return generated.new_zeros(())
         gen, tar = self.vgg(generated), self.vgg(target)
-        style = mrf_loss(gen["relu3_2"], tar["relu3_2"]) + mrf_loss(gen["relu4_2"],
-                                                                     tar["relu4_2"])
-        content = mrf_loss(gen["relu4_2"], tar["relu4_2"])
+        style = mrf_loss(gen["relu3_1"], tar["relu3_1"]) + mrf_loss(gen["relu4_1"],
+                                                                     tar["relu4_1"])
+        content = mrf_loss(gen["relu4_1"], tar["relu4_1"])
         return style + content
 
 

@@ -8,7 +8,13 @@
   lowest number after the last "=" in the file stem wins, as the original loader picks it).
   FLAME's buffers (``deca.flame.*``), the renderer's topology (``deca.render.faces``,
   ``raw_uvcoords``, ``uvfaces``), the UV face-eye mask and the fixed displacement come from
-  the checkpoint: they define the geometry the model was trained with.
+  the checkpoint: they define the geometry the model was trained with. The buffers keep the
+  shapes of the files they came from (``full_lmk_faces_idx`` (1, 68), ``full_lmk_bary_coords``
+  (1, 68, 3)); EMOCA v2's ``FLAME_mediapipe`` adds ``lmk_faces_idx_mediapipe`` (105,) and
+  ``lmk_bary_coords_mediapipe`` (105, 3). The 105 MediaPipe-mesh vertex indices are not in
+  the checkpoint: they come from ``mediapipe_landmark_embedding.npz`` (``landmark_indices``)
+  in the asset folder when one is given, else from the original's own list (the
+  ``EMBEDDING_INDICES`` its MediaPipe losses index with), and the report says which.
 * DECA's ``deca_model.tar`` (a dict of ``E_flame``, ``E_detail``, ``D_detail`` state dicts):
   it has no FLAME buffers, so a FLAME asset folder must be given.
 
@@ -34,6 +40,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from emoca_pipeline.assets.landmarks import MEDIAPIPE_LANDMARK_INDICES
+from emoca_pipeline.flame import FLAME, drop_leading_ones
+from emoca_pipeline.flame.io import MEDIAPIPE_FILE
+from emoca_pipeline.flame.model import LANDMARK_BUFFER_NDIM
 from emoca_pipeline.models.emoca import (
     EmocaModel,
     EmocaModelSettings,
@@ -70,12 +80,16 @@ FLAME_BUFFERS: dict[str, str] = {
     "full_lmk_faces_idx": "full_lmk_faces",
     "full_lmk_bary_coords": "full_lmk_bary",
     "neck_kin_chain": "neck_kin_chain",
+    "lmk_faces_idx_mediapipe": "mp_lmk_faces",
+    "lmk_bary_coords_mediapipe": "mp_lmk_bary",
 }
+#: Our buffers that the original registers with a leading axis of length 1 (DECA's
+#: landmark_embedding.npy stores the full 68-point set so).
+_ORIGINAL_LEADING_ONE = ("full_lmk_faces", "full_lmk_bary")
 _NETWORKS = ("E_flame", "E_expression", "E_detail", "D_detail")
 #: Prefixes of loss networks and training-only state, dropped without comment.
 IGNORED_PREFIXES = ("deca.id_loss.", "deca.perceptual_loss.", "deca.vgg_loss.", "emonet_loss.",
                     "emotion_mlp.", "au_loss.", "lipread_loss.", "deca.render.")
-_RENDER_KEYS = ("faces", "raw_uvcoords", "uvfaces")
 _MAX_SHIMS = 200
 
 
@@ -89,7 +103,8 @@ class ImportReport(NamedTuple):
     out: the written checkpoint. source: the file the weights came from.
     settings: the model's settings. missing: our keys the source did not fill.
     unexpected: source keys that map to nothing. ignored: how many loss-network and
-    renderer-internal keys were dropped on purpose.
+    renderer-internal keys were dropped on purpose. notes: what was taken from elsewhere
+    or is absent (where the MediaPipe landmark indices came from, or why there are none).
     """
 
     out: Path
@@ -98,6 +113,7 @@ class ImportReport(NamedTuple):
     missing: list[str]
     unexpected: list[str]
     ignored: int
+    notes: list[str]
 
 
 # ------------------------------------------------------------------------- reading
@@ -236,10 +252,11 @@ def map_original_state_dict(state: Mapping[str, torch.Tensor]
                             ) -> tuple[dict[str, torch.Tensor], list[str], int]:
     """Original keys -> ours. Returns (mapped, unmapped keys, count of ignored keys).
 
-    ``deca.<net>.*`` -> ``<net>.*``; ``deca.flame.<buffer>`` -> ``flame.<ours>``;
-    ``deca.uv_face_eye_mask`` -> ``render.uv_face_eye_mask``; ``deca.fixed_uv_dis`` ->
-    ``fixed_uv_dis``; ``deca.flametex.*`` -> ``flametex.mean``/``basis``. The renderer's own
-    buffers are read separately (:func:`_renderer_from_original`).
+    ``deca.<net>.*`` -> ``<net>.*``; ``deca.flame.<buffer>`` -> ``flame.<ours>`` (landmark
+    buffers without the original's leading axis of length 1); ``deca.uv_face_eye_mask`` ->
+    ``render.uv_face_eye_mask``; ``deca.fixed_uv_dis`` -> ``fixed_uv_dis``;
+    ``deca.flametex.*`` -> ``flametex.mean``/``basis``. The renderer's own buffers are read
+    separately (:func:`_renderer_from_original`).
     """
     mapped: dict[str, torch.Tensor] = {}
     unmapped: list[str] = []
@@ -254,7 +271,10 @@ def map_original_state_dict(state: Mapping[str, torch.Tensor]
         elif key.startswith("deca.flame."):
             name = key[len("deca.flame."):]
             if name in FLAME_BUFFERS:
-                mapped["flame." + FLAME_BUFFERS[name]] = value
+                ours = FLAME_BUFFERS[name]
+                if ours in LANDMARK_BUFFER_NDIM:
+                    value = drop_leading_ones(value, LANDMARK_BUFFER_NDIM[ours])
+                mapped["flame." + ours] = value
             elif name in ("eye_pose", "neck_pose"):
                 ignored += 1
                 if value.abs().max() > 0:
@@ -277,9 +297,10 @@ def map_original_state_dict(state: Mapping[str, torch.Tensor]
 
 
 def to_original_state_dict(model: EmocaModel) -> dict[str, torch.Tensor]:
-    """The inverse mapping: ``model`` in the released checkpoints' key layout (``deca.*``),
-    renderer topology included. :func:`import_checkpoint` of the result reproduces
-    ``model``."""
+    """The inverse mapping: ``model`` in the released checkpoints' key layout (``deca.*``)
+    and buffer shapes, renderer topology included (no MediaPipe mesh indices: the original
+    does not store them). :func:`import_checkpoint` of the result reproduces ``model`` when
+    those indices are EMOCA's."""
     inverse = {ours: orig for orig, ours in FLAME_BUFFERS.items()}
     out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
@@ -287,7 +308,8 @@ def to_original_state_dict(model: EmocaModel) -> dict[str, torch.Tensor]:
         if head in _NETWORKS:
             out["deca." + key] = value.clone()
         elif head == "flame" and rest in inverse:
-            out["deca.flame." + inverse[rest]] = value.clone()
+            out["deca.flame." + inverse[rest]] = (
+                value[None].clone() if rest in _ORIGINAL_LEADING_ONE else value.clone())
         elif key == "render.uv_face_eye_mask":
             out["deca.uv_face_eye_mask"] = value.clone()
         elif key == "fixed_uv_dis":
@@ -329,6 +351,45 @@ def _fixed_displacement(value: torch.Tensor | None, size: int) -> torch.Tensor:
     return value
 
 
+def _complete_mediapipe(mapped: dict[str, Any], assets_flame: FLAME | None,
+                        assets_folder: Path | None, source: Path) -> str:
+    """Give the mapped FLAME buffers their MediaPipe mesh indices (the original does not
+    store them), or the whole MediaPipe embedding from the assets when the checkpoint has
+    none (EMOCA v1). Returns one line saying where they came from, or why there are none.
+    """
+    given = assets_flame if assets_flame is not None and assets_flame.has_mediapipe else None
+    npz = f"{assets_folder / MEDIAPIPE_FILE}" if given is not None and assets_folder else None
+    names = ("flame.mp_lmk_faces", "flame.mp_lmk_bary")
+    if (names[0] in mapped) != (names[1] in mapped):
+        raise CheckpointImportError(f"{source}: holds only one of deca.flame."
+                                    "lmk_faces_idx_mediapipe and lmk_bary_coords_mediapipe")
+    if names[0] not in mapped:
+        if given is None:
+            return ("no MediaPipe landmarks: the checkpoint has none (EMOCA v1) and no "
+                    f"{MEDIAPIPE_FILE} was given (--assets DIR)")
+        for name in ("mp_lmk_faces", "mp_lmk_bary", "mp_landmark_indices"):
+            mapped["flame." + name] = getattr(given, name).clone()
+        return (f"MediaPipe landmarks: the checkpoint has none (EMOCA v1); added the "
+                f"{given.mp_lmk_faces.shape[0]} points of {npz}")
+    faces = mapped[names[0]]
+    count = faces.shape[0]
+    if given is not None and given.mp_landmark_indices.shape == (count,) \
+            and bool((given.mp_landmark_indices >= 0).all()):
+        mapped["flame.mp_landmark_indices"] = given.mp_landmark_indices.clone()
+        note = f"MediaPipe landmark indices from {npz}"
+        if not torch.equal(given.mp_lmk_faces.cpu(), faces.long()):
+            note += " (its landmark faces differ from the checkpoint's; the checkpoint's are kept)"
+        return note
+    why = (f"no {MEDIAPIPE_FILE} was given (--assets DIR)" if given is None
+           else f"{npz} has no landmark_indices for {count} points")
+    if count == len(MEDIAPIPE_LANDMARK_INDICES):
+        mapped["flame.mp_landmark_indices"] = torch.from_numpy(MEDIAPIPE_LANDMARK_INDICES.copy())
+        return (f"MediaPipe landmark indices: EMOCA's own list (the EMBEDDING_INDICES of its "
+                f"MediaPipe losses), since {why}")
+    mapped["flame.mp_landmark_indices"] = torch.full((count,), -1, dtype=torch.long)
+    return f"MediaPipe landmark indices unknown (-1) for the {count} points: {why}"
+
+
 # ------------------------------------------------------------------------- import
 
 
@@ -352,10 +413,12 @@ def import_checkpoint(
     Args:
         model_dir: an EMOCA model folder (``cfg.yaml`` + ``detail/checkpoints``), a
             ``deca_model.tar`` file, or a folder holding ``deca_model.tar``.
-        out: the checkpoint to write (atomically), read back with
-            :func:`~emoca_pipeline.models.emoca.load_emoca_checkpoint`.
+        out: the model file to write (atomically): a ``model.pt`` that
+            :func:`~emoca_pipeline.models.emoca.load_emoca_checkpoint` reads, as
+            ``emoca reconstruct --model OUT`` and ``emoca train coarse --init OUT`` do.
         assets: a FLAME asset folder: required for DECA's tar (it has no FLAME buffers);
-            for EMOCA it only supplies ``uv_face_mask.png`` (not in the checkpoint).
+            for EMOCA it supplies ``uv_face_mask.png`` and the MediaPipe mesh indices of
+            ``mediapipe_landmark_embedding.npz`` (neither is in the checkpoint).
 
     Raises:
         FileNotFoundError: ``model_dir`` (or a file it must hold) does not exist.
@@ -389,6 +452,7 @@ def import_checkpoint(
                                     "nor DECA's deca_model.tar")
 
     mapped, unexpected, ignored = map_original_state_dict(state)
+    notes: list[str] = []
     if assets is not None:
         from emoca_pipeline.flame.assets import load_flame_assets
 
@@ -396,6 +460,9 @@ def import_checkpoint(
                                          n_tex=settings.n_tex)
         face_mask = flame_assets.uv_face_mask
     if any(key.startswith("flame.") for key in mapped):
+        notes.append(_complete_mediapipe(
+            mapped, flame_assets.flame if flame_assets is not None else None,
+            flame_assets.folder if flame_assets is not None else None, source))
         try:
             flame = flame_from_buffers(mapped, settings.n_shape, settings.n_exp)
         except ValueError as error:
@@ -406,6 +473,9 @@ def import_checkpoint(
 
         assert flame_assets is not None
         flame = flame_assets.flame
+        if not flame.has_mediapipe:
+            notes.append(f"no MediaPipe landmarks: {flame_assets.folder} has no "
+                         f"{MEDIAPIPE_FILE}")
         for key, value in flame.state_dict().items():
             mapped["flame." + key] = value
         if flame_assets.texture is not None:
@@ -441,7 +511,9 @@ def import_checkpoint(
     if unexpected:
         log.warning("%s: %d source keys map to nothing, e.g. %s", source, len(unexpected),
                     unexpected[0])
+    for note in notes:
+        log.info("%s: %s", source, note)
     out = save_emoca_checkpoint(out, model, extra={
         "source": str(source.resolve()), "missing_keys": missing,
-        "unexpected_keys": unexpected, "ignored_keys": ignored})
-    return ImportReport(out, source, settings, missing, unexpected, ignored)
+        "unexpected_keys": unexpected, "ignored_keys": ignored, "notes": notes})
+    return ImportReport(out, source, settings, missing, unexpected, ignored, notes)

@@ -73,6 +73,8 @@ class EmocaModelSettings:
     uv_size: side of UV maps (the detail decoder makes 256).
     expression_backbone: "deca_clone" (EMOCA: E_expression cloned from E_flame's trunk,
         replacing DECA's expression) or "none" (plain DECA).
+    encoder: the encoders' trunk, "resnet50" (EMOCA, released checkpoints) or "resnet18"
+        (a lighter option for CPU demos; not EMOCA's).
     """
 
     n_shape: int = 100
@@ -85,6 +87,7 @@ class EmocaModelSettings:
     image_size: int = 224
     uv_size: int = 256
     expression_backbone: Literal["deca_clone", "none"] = "deca_clone"
+    encoder: Literal["resnet50", "resnet18"] = "resnet50"
 
     def __post_init__(self) -> None:
         for name in ("n_shape", "n_tex", "n_exp", "n_detail", "image_size", "uv_size"):
@@ -272,13 +275,13 @@ class EmocaModel(nn.Module):
         if renderer.uv_size != settings.uv_size:
             raise ValueError(f"renderer: uv_size {renderer.uv_size}, settings ask for "
                              f"{settings.uv_size}")
-        self.E_flame = ResnetEncoder(settings.n_flame_code, flame_weights)
+        self.E_flame = ResnetEncoder(settings.n_flame_code, flame_weights, settings.encoder)
         self.E_expression: ResnetEncoder | None = None
         if settings.expression_backbone == "deca_clone":
-            self.E_expression = ResnetEncoder(settings.n_exp)
+            self.E_expression = ResnetEncoder(settings.n_exp, backbone=settings.encoder)
             self.clone_expression_trunk()
             self.E_flame.requires_grad_(False)
-        self.E_detail = ResnetEncoder(settings.n_detail, detail_weights)
+        self.E_detail = ResnetEncoder(settings.n_detail, detail_weights, settings.encoder)
         self.D_detail = DetailGenerator(3 + settings.n_exp + settings.n_detail)
         self.flame = flame
         self.flametex = texture

@@ -9,9 +9,10 @@ Facts matched from the original EMOCA code (``gdl/models/EmoCnnModule.py``,
 ``EmoMLP.py``, ``MLP.py``, ``EmotionRecognitionModuleBase.py``):
 
 * image network: ResNet-50 trunk -> one Linear(2048, 8 + 1 + 1); expression outputs go
-  through log-softmax, valence and arousal have no activation. (The original trunk is the
-  VGGFace2 ResNet-50 variant; here it is torchvision's, so original weights need a key
-  conversion before ``weights_path`` can load them.)
+  through log-softmax, valence and arousal have no activation. The trunk is the original's
+  VGGFace2 ResNet-50 (:class:`~emoca_pipeline.models.frnet.FRNetResNet50`); original
+  EmoCnn checkpoints and ``resnet50_ft_weight.pkl`` load through
+  :mod:`emoca_pipeline.models.converters`.
 * EmoMLP: input cat[shape 100, exp 50, jaw 3], 4 x [Linear 2048, BatchNorm1d, LeakyReLU
   0.2], Linear -> 8 + 1 + 1, log-softmax on the expression part.
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -38,6 +39,11 @@ __all__ = [
     "EmotionOutput",
     "filter_affectnet_labels",
     "load_state_dict_file",
+    "EMOTION_MODEL_FORMAT",
+    "INPUT_KINDS",
+    "build_emotion_model",
+    "load_emotion_model",
+    "save_emotion_model",
 ]
 
 #: AffectNet's expression classes 0..7 in the dataset's own order. Labels 8 (None),
@@ -120,11 +126,11 @@ class EmotionImageNet(nn.Module):
 
     Args:
         n_expressions: number of expression classes (AffectNet: 8).
-        weights_path: optional local file with a state dict (read with
-            ``torch.load(weights_only=True)``, never downloaded). Either this module's own
-            state dict (keys ``trunk.*`` and ``head.*``, loaded strictly) or a plain
-            torchvision ResNet-50 state dict (keys ``conv1.weight`` ...; its ``fc.*`` is
-            ignored and the head keeps its fresh initialisation).
+        weights_path: optional local file, never downloaded (see :meth:`load_weights`).
+        backbone: ``"frnet"`` (default, the original EmoCnn's VGGFace2 ResNet-50: stride on
+            the first 1x1 conv of a downsampling block, ``MaxPool2d(3, 2, 0,
+            ceil_mode=True)``) or ``"torchvision"`` (torchvision's ResNet-50: the same
+            parameter names and shapes, different features; for networks trained with it).
         input_normalization: ``"none"`` (EMOCA's convention: the network sees [0, 1] RGB as
             is) or ``"imagenet"`` (subtract ImageNet mean, divide by std inside the model,
             for trunks pretrained that way).
@@ -141,8 +147,11 @@ class EmotionImageNet(nn.Module):
         n_expressions: int = len(AFFECTNET_CLASSES),
         weights_path: str | os.PathLike | None = None,
         input_normalization: Literal["none", "imagenet"] = "none",
+        backbone: Literal["frnet", "torchvision"] = "frnet",
     ) -> None:
         super().__init__()
+        if backbone not in ("frnet", "torchvision"):
+            raise ValueError(f"backbone: expected 'frnet' or 'torchvision', got {backbone!r}")
         if n_expressions < 1:
             raise ValueError(f"n_expressions: must be >= 1, got {n_expressions}")
         if input_normalization not in ("none", "imagenet"):
@@ -151,9 +160,15 @@ class EmotionImageNet(nn.Module):
             )
         self.n_expressions = n_expressions
         self.input_normalization = input_normalization
-        trunk = torchvision.models.resnet50(weights=None)
-        trunk.fc = nn.Identity()  # the trunk ends at the 2048-d average-pooled features
-        self.trunk = trunk
+        self.backbone = backbone
+        if backbone == "frnet":
+            from emoca_pipeline.models.frnet import FRNetResNet50
+
+            self.trunk: nn.Module = FRNetResNet50()
+        else:
+            trunk = torchvision.models.resnet50(weights=None)
+            trunk.fc = nn.Identity()  # the trunk ends at the 2048-d average-pooled features
+            self.trunk = trunk
         self.head = nn.Linear(self.feature_dim, n_expressions + 2)
         self.register_buffer(
             "mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False
@@ -163,8 +178,28 @@ class EmotionImageNet(nn.Module):
             self.load_weights(weights_path)
 
     def load_weights(self, path: str | os.PathLike) -> None:
-        """Load this module's or a torchvision ResNet-50 state dict from a local file."""
-        state = load_state_dict_file(path)
+        """Load weights from a local file (torch files with ``torch.load(weights_only=True)``).
+
+        Accepted: this module's state dict (``trunk.*`` and ``head.*``, loaded strictly); an
+        original EmoCnn checkpoint (``backbone.*``/``linear.*``, converted); VGGFace2's
+        ``resnet50_ft_weight.pkl`` (numpy-only unpickler; trunk only); a plain ResNet-50
+        state dict (``conv1.weight`` ...; its ``fc.*`` ignored). The last two leave the head
+        freshly initialised. The original's files need ``backbone="frnet"``.
+        """
+        from emoca_pipeline.models import converters
+
+        is_pickle = Path(path).suffix == ".pkl"
+        state = {} if is_pickle else load_state_dict_file(path)
+        if (is_pickle or any(k.startswith("backbone.") for k in state)) \
+                and self.backbone != "frnet":
+            raise ValueError(f"{path}: original EmoCnn/VGGFace2 weights need "
+                             f"backbone='frnet', this network has {self.backbone!r}")
+        if is_pickle:
+            self.trunk.load_state_dict(converters.frnet_state_from_vggface2(
+                converters.load_vggface2_pickle(path), str(path)))
+            return
+        if any(key.startswith("backbone.") for key in state):
+            state = converters.emotion_state_from_emocnn(state, str(path), self.n_expressions + 2)
         try:
             if any(key.startswith(("trunk.", "head.")) for key in state):
                 result = self.load_state_dict(state, strict=False)
@@ -369,3 +404,86 @@ def filter_affectnet_labels(
             & (a != AFFECTNET_INVALID_VA)
         )
     return valid_class & valid_va
+
+
+# ---------------------------------------------------------------------------------------
+# Saved models (``model.pt``)
+
+#: The two kinds of input an emotion network can take.
+INPUT_KINDS: tuple[str, ...] = ("codes", "images")
+
+#: Format tag of emotion ``model.pt`` files.
+EMOTION_MODEL_FORMAT = "emoca-emotion-model/1"
+
+
+def build_emotion_model(
+    input: Literal["codes", "images"],
+    mlp: EmoMLPSettings | None = None,
+    weights_path: str | os.PathLike | None = None,
+    input_normalization: Literal["none", "imagenet"] = "none",
+    backbone: Literal["frnet", "torchvision"] = "frnet",
+) -> EmoMLP | EmotionImageNet:
+    """A fresh network for ``input``: :class:`EmoMLP` (``mlp`` settings) on codes, the
+    ResNet-50 :class:`EmotionImageNet` (``backbone``, optional local ``weights_path``) on
+    images."""
+    if input == "codes":
+        return EmoMLP(mlp or EmoMLPSettings())
+    if input == "images":
+        return EmotionImageNet(len(AFFECTNET_CLASSES), weights_path=weights_path,
+                               input_normalization=input_normalization, backbone=backbone)
+    raise ValueError(f"input: expected 'codes' or 'images', got {input!r}")
+
+
+def save_emotion_model(path: str | os.PathLike, model: EmoMLP | EmotionImageNet, name: str,
+                       image_size: int = 224) -> Path:
+    """Write ``model.pt`` atomically: ``{"state_dict": ..., "emoca_emotion": spec}``, the
+    weights and how to rebuild the network (``image_size``: the crop side an image network
+    was trained on). Its state dict is what :class:`EmotionImageNet`'s ``weights_path``
+    accepts, which is how EMOCA's emotion-consistency loss gets its frozen network."""
+    from emoca_pipeline.io.atomic import atomic_output
+
+    if isinstance(model, EmoMLP):
+        spec: dict[str, Any] = {"input": "codes", "mlp": asdict(model.settings)}
+    else:
+        spec = {"input": "images", "image_size": int(image_size),
+                "input_normalization": model.input_normalization, "backbone": model.backbone}
+    spec.update(format=EMOTION_MODEL_FORMAT, name=name, classes=list(AFFECTNET_CLASSES))
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        torch.save({"state_dict": state, "emoca_emotion": spec}, tmp)
+    return path
+
+
+def load_emotion_model(path: str | os.PathLike) -> tuple[EmoMLP | EmotionImageNet, dict]:
+    """Read a ``model.pt`` of :func:`save_emotion_model` (weights-only unpickler) ->
+    (network in eval mode, its spec: input, name, classes, mlp or image_size and backbone).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not a model.pt of this format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling errors come in many types
+        raise ValueError(f"{path}: not a weights-only torch file ({error})") from error
+    spec = content.get("emoca_emotion") if isinstance(content, Mapping) else None
+    if not isinstance(spec, Mapping) or spec.get("format") != EMOTION_MODEL_FORMAT:
+        raise ValueError(f"{path}: not an emotion model file (expected format "
+                         f"{EMOTION_MODEL_FORMAT})")
+    try:
+        if spec["input"] == "codes":
+            model: EmoMLP | EmotionImageNet = EmoMLP(EmoMLPSettings(**spec["mlp"]))
+        else:
+            # Files written before the backbone was recorded hold torchvision trunks.
+            model = EmotionImageNet(len(spec["classes"]),
+                                    input_normalization=spec["input_normalization"],
+                                    backbone=spec.get("backbone", "torchvision"))
+        model.load_state_dict(content["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as error:
+        message = " ".join(str(error).split())[:300]
+        raise ValueError(f"{path}: cannot rebuild the network ({message})") from error
+    return model.eval(), dict(spec)

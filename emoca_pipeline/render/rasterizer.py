@@ -20,9 +20,14 @@ Coverage and visibility rules (pytorch3d's, with blur_radius 0 and faces_per_pix
 - A pixel is covered by a face when all three barycentrics are > 0; faces of either
   winding are drawn (no back-face culling); faces with ``|A| <= 1e-8`` (in the [-1, 1]
   units) are skipped.
-- The interpolated depth ``z = sum_i w_i z_i`` must be >= 0 (points behind the image plane
-  are dropped, as in pytorch3d); among the covering faces the smallest ``z`` wins and an
-  exact tie goes to the lower (packed) face index.
+- A face with any vertex at ``z < 1e-8`` is skipped whole: pytorch3d's ``kEpsilon`` test
+  on the smallest vertex ``z`` of the screen-space input ("faces with at least one vertex
+  behind the camera won't render correctly", ``CheckPointOutsideBoundingBox`` in
+  ``csrc/rasterize_meshes/rasterize_meshes_cpu.cpp`` and ``.cu``, and
+  ``rasterize_meshes_python``), made, as there, on the float value against the double
+  ``1e-8``. The interpolated depth ``z = sum_i w_i z_i`` must also be >= 0 (pytorch3d's
+  ``pz < 0`` test; it cannot fail once every vertex has ``z >= 1e-8``). Among the covering
+  faces the smallest ``z`` wins and an exact tie goes to the lower (packed) face index.
 
 Visibility is not differentiable. Gradients reach the vertex positions through the
 barycentric coordinates and the depth, recomputed with autograd from the vertices of the
@@ -59,8 +64,10 @@ __all__ = [
     "rasterize_meshes",
 ]
 
-# pytorch3d's epsilon for the zero-area test and the barycentric denominator.
+# pytorch3d's kEpsilon, for the zero-area test and the barycentric denominator.
 _AREA_EPS = 1e-8
+# pytorch3d's kEpsilon again: a face with a vertex nearer than this is skipped whole.
+_MIN_VERTEX_Z = 1e-8
 # Slack (in pixels) added to face bounding boxes so that rounding in the bbox arithmetic
 # can never drop a pixel centre that the exact barycentric test would accept.
 _BBOX_SLACK_PX = 1e-3
@@ -199,7 +206,8 @@ def rasterize_meshes(
 
     Args:
         verts: ``(N, V, 3)`` vertices in screen space (x right, y down, in [-1, 1] across
-            the image; z depth, nearer is smaller, must be >= 0 to be drawn).
+            the image; z depth, nearer is smaller: a face is drawn only when all three of
+            its vertices have ``z >= 1e-8``).
         faces: ``(F, 3)`` (shared by the batch) or ``(N, F, 3)`` integer vertex indices.
         image_size: int or ``(H, W)``; overrides ``settings.image_size`` when given.
         settings: :class:`RasterSettings` (default: ``RasterSettings()``).
@@ -289,7 +297,9 @@ def _face_table(
     face_area = _edge(x0, y0, x1, y1, x2, y2)
     area = _edge(x2, y2, x0, y0, x1, y1) + _AREA_EPS
     finite = torch.isfinite(fv.sum(dim=(1, 2)))  # a NaN or inf anywhere spoils the sum
-    drawable = finite & (face_area.abs() > _AREA_EPS) & (zs.amax(dim=1) >= 0)
+    # pytorch3d compares the float z with the double kEpsilon: compare in float64.
+    in_front = zs.amin(dim=1).double() >= _MIN_VERTEX_Z
+    drawable = finite & (face_area.abs() > _AREA_EPS) & in_front
     columns = []
     for a, b in _EDGES:
         ax, ay = xs[:, a], ys[:, a]
@@ -398,6 +408,8 @@ def _coverage(
     w0, w1, w2 = (e / area for e in bary)
     z = w0 * z0 + w1 * z1
     z += w2 * z2
+    # z >= 0 is pytorch3d's pz test; with every vertex at z >= 1e-8 it holds (and keeps
+    # the float bit pattern of z ordered like its value, which the packed key needs).
     covered = (w0 > 0) & (w1 > 0) & (w2 > 0) & (z >= 0)
     return z, covered
 

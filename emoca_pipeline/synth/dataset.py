@@ -31,6 +31,8 @@ import pyarrow.parquet as pq
 import torch
 from scipy.spatial.transform import Rotation
 
+from emoca_pipeline.data.affectnet import AFFECTNET_CLASSES
+from emoca_pipeline.data.schema import SPLITS
 from emoca_pipeline.flame.assets import FlameAssets, load_flame_assets, make_renderer
 from emoca_pipeline.io.atomic import atomic_output, atomic_write_bytes
 from emoca_pipeline.io.images import image_id
@@ -42,9 +44,6 @@ __all__ = ["SYNTHETIC_SCHEMA", "SynthSettings", "generate_synthetic_dataset"]
 TABLE_FILE = "synthetic.parquet"
 CONTACT_SHEET_FILE = "contact_sheet.png"
 SCHEMA_VERSION = "1"
-SPLITS = ("train", "val", "test")
-AFFECTNET_NAMES = ("Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger",
-                   "Contempt")
 EYES_CLOSE = 9  # named action index of the procedural model's eyelid closer
 
 
@@ -291,7 +290,7 @@ def generate_synthetic_dataset(
     schema = SYNTHETIC_SCHEMA.with_metadata({"emoca.synth": stamp,
                                              "emoca.schema_version": SCHEMA_VERSION})
     table = pa.Table.from_arrays(arrays, schema=schema)
-    sheet = _contact_sheet(sheet_images, [AFFECTNET_NAMES[k] for k in labels[:36]])
+    sheet = _contact_sheet(sheet_images, [AFFECTNET_CLASSES[k] for k in labels[:36]])
     with atomic_output(out_dir / CONTACT_SHEET_FILE) as tmp:
         cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     with atomic_output(table_path) as tmp:

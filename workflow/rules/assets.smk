@@ -19,7 +19,7 @@ rule assets:
 
 rule flame_check:
     input:
-        flame_assets(),
+        **flame_inputs(),
     output:
         results("assets", "flame_check.json"),
     params:
@@ -32,5 +32,5 @@ rule flame_check:
     conda:
         "../../envs/emoca.yaml"
     shell:
-        "emoca flame check {input:q} --n-shape {params.n_shape} --n-exp {params.n_exp}"
+        "emoca flame check {input.assets:q} --n-shape {params.n_shape} --n-exp {params.n_exp}"
         " --out {output:q} > {log:q} 2>&1"

@@ -1,9 +1,10 @@
-# Face detection, one job per shard. The checkpoint `detect_plan` lists a dataset's images
-# (sorted) and fixes its number of shards; `detect_shard` runs `emoca detect --shard K` for
-# each; `detect_summary` checks that every image has its rows and writes summary.json.
+# Face detection, one job per shard. The checkpoint `detect_plan` (`emoca detect plan`) lists
+# a dataset's images (sorted) and fixes its number of shards; `detect_shard` runs
+# `emoca detect shard --shard K` for each; `detect_summary` (`emoca detect summary`) checks
+# that every image has its rows and writes summary.json.
 # Datasets come from config["datasets"]: `images` is a folder, a file list or a video, or
 # "synthetic" (the table of rule `synth`) or "sample_photos" (rule `sample_photos`).
-# Helpers: data_common.smk.
+# Helpers (detect_inputs, detect_options, detect_shards): common.smk.
 
 
 rule sample_photos:
@@ -37,8 +38,7 @@ checkpoint detect_plan:
     conda:
         "../../envs/emoca.yaml"
     shell:
-        "emoca detect {input.images:q} {params.out:q} --plan-only {params.options}"
-        " > {log:q} 2>&1"
+        "emoca detect plan {input.images:q} {params.out:q} {params.options} > {log:q} 2>&1"
 
 
 rule detect_shard:
@@ -64,7 +64,7 @@ rule detect_shard:
     conda:
         "../../envs/emoca.yaml"
     shell:
-        "emoca detect {input.images:q} {params.out:q} --shard {params.shard}"
+        "emoca detect shard {input.images:q} {params.out:q} --shard {params.shard}"
         " --workers {threads} --no-progress {params.options} > {log:q} 2>&1"
 
 
@@ -86,5 +86,5 @@ rule detect_summary:
     conda:
         "../../envs/emoca.yaml"
     shell:
-        "emoca detect {input.images:q} {params.out:q} --no-progress {params.options}"
+        "emoca detect summary {input.images:q} {params.out:q} --no-progress {params.options}"
         " > {log:q} 2>&1"

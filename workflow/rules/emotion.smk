@@ -1,23 +1,20 @@
 # Emotion networks: one training job per entry of config["emotion"]["models"] (EmoMLP on
-# FLAME codes, or the ResNet-50 network on image crops), then the paper-format table
-# comparing them on the manifest's test split. Runs are tracked in MLflow (default: a
-# sqlite database in the results folder).
+# FLAME codes, or the ResNet-50 network on image crops), on the manifest of
+# config["emotion"]["dataset"] (train/val/test splits from the manifest), then the
+# paper-format table comparing them on its test split. Each training job is an MLflow child
+# run of the workflow's parent run (default store: sqlite in the results folder).
 
 
 rule train_emotion:
     input:
-        manifest=(
-            results("synthetic", "synthetic.parquet")
-            if config["emotion"]["manifest"] == "synthetic"
-            else config["emotion"]["manifest"]
-        ),
-        settings=lambda wildcards: config["emotion"]["models"][wildcards.model]["config"],
+        unpack(emotion_inputs),
     output:
         model=results("emotion", "models", "{model}", "model.pt"),
         predictions=results("emotion", "models", "{model}", "predictions.parquet"),
         summary=results("emotion", "models", "{model}", "training.json"),
     params:
-        kind=lambda wildcards: config["emotion"]["models"][wildcards.model]["input"],
+        kind=lambda wildcards: emotion_model(wildcards)["input"],
+        codes=emotion_codes_flag,
         out=lambda wildcards, output: Path(output.model).parent,
         tracking_uri=mlflow_tracking_uri(),
         experiment=config["mlflow"]["experiment"],
@@ -26,6 +23,7 @@ rule train_emotion:
     threads: 2
     resources:
         mem_mb=4000,
+        runtime=120,
     log:
         results("logs", "train_emotion", "{model}.log"),
     benchmark:
@@ -34,9 +32,9 @@ rule train_emotion:
         "../../envs/emoca.yaml"
     shell:
         "emoca train emotion --input {params.kind} --config {input.settings:q}"
-        " --manifest {input.manifest:q} --out {params.out:q} --name {wildcards.model:q}"
-        " --tracking-uri {params.tracking_uri:q} --experiment {params.experiment:q}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --manifest {input.manifest:q} {params.codes} --out {params.out:q}"
+        " --name {wildcards.model:q} --tracking-uri {params.tracking_uri:q}"
+        " --experiment {params.experiment:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule eval_emotion:
@@ -46,13 +44,27 @@ rule eval_emotion:
             model=sorted(config["emotion"]["models"]),
         ),
     output:
-        csv=results("emotion", "emotion_table.csv"),
+        csv=report(
+            results("emotion", "emotion_table.csv"),
+            caption="../report/emotion_table.rst",
+            category="Tables",
+            labels={"table": "emotion recognition"},
+        ),
         markdown=results("emotion", "emotion_table.md"),
         latex=results("emotion", "emotion_table.tex"),
-        confusion=results("emotion", "confusion_matrices.png"),
+        confusion=report(
+            results("emotion", "confusion_matrices.png"),
+            caption="../report/confusion.rst",
+            category="Plots",
+            labels={"plot": "confusion matrices"},
+        ),
         metrics=results("emotion", "emotion_metrics.json"),
     params:
         out=lambda wildcards, output: Path(output.csv).parent,
+        tracking=tracking_options(),
+    resources:
+        mem_mb=2000,
+        runtime=30,
     log:
         results("logs", "eval_emotion.log"),
     benchmark:
@@ -60,4 +72,5 @@ rule eval_emotion:
     conda:
         "../../envs/emoca.yaml"
     shell:
-        "emoca eval emotion --predictions {input:q} --out {params.out:q} > {log:q} 2>&1"
+        "emoca eval emotion --predictions {input:q} --out {params.out:q} {params.tracking}"
+        " > {log:q} 2>&1"

@@ -1,7 +1,8 @@
 # The manifest: each dataset's detections joined with its labels (config["datasets"][name]
 # ["labels"]: AffectNet's training.csv and validation.csv, "synthetic", or none) into
-# results/manifest/dataset=NAME/split=.../part-0.parquet, then counts per split and class.
-# Helpers: data_common.smk.
+# results/manifest/dataset=NAME/split=.../part-0.parquet (`emoca manifest build`), then
+# counts per split and class (`emoca manifest stats`).
+# Helpers (manifest_inputs, manifest_datasets): common.smk.
 
 
 rule manifest:
@@ -13,7 +14,9 @@ rule manifest:
     params:
         detections=lambda wildcards, input: str(Path(input.detections).parent),
         out=lambda wildcards, output: str(Path(output.summary).parent),
-        labels_flag=lambda wildcards, input: "--labels" if input.labels else "",
+        labels=lambda wildcards, input: " ".join(
+            f"--labels {shlex.quote(path)}" for path in input.labels
+        ),
         validation_split=config["manifest"]["validation_split"],
         val_fraction=config["manifest"]["val_fraction"],
         test_fraction=config["manifest"]["test_fraction"],
@@ -26,10 +29,10 @@ rule manifest:
     conda:
         "../../envs/emoca.yaml"
     shell:
-        "emoca manifest {params.detections:q} {params.out:q} --dataset {wildcards.dataset:q}"
-        " --validation-split {params.validation_split} --val-fraction {params.val_fraction}"
-        " --test-fraction {params.test_fraction} {params.labels_flag} {input.labels:q}"
-        " > {log:q} 2>&1"
+        "emoca manifest build {params.detections:q} {params.out:q}"
+        " --dataset {wildcards.dataset:q} --validation-split {params.validation_split}"
+        " --val-fraction {params.val_fraction} --test-fraction {params.test_fraction}"
+        " {params.labels} > {log:q} 2>&1"
 
 
 rule manifest_stats:
@@ -46,4 +49,4 @@ rule manifest_stats:
     conda:
         "../../envs/emoca.yaml"
     shell:
-        "emoca manifest --stats {params.manifest:q} --stats-out {output:q} > {log:q} 2>&1"
+        "emoca manifest stats {params.manifest:q} --out {output:q} > {log:q} 2>&1"

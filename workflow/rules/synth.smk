@@ -3,7 +3,7 @@
 
 rule synth:
     input:
-        flame_assets(),
+        **flame_inputs(),
     output:
         table=results("synthetic", "synthetic.parquet"),
         contact_sheet=results("synthetic", "contact_sheet.png"),
@@ -18,9 +18,12 @@ rule synth:
     benchmark:
         results("benchmarks", "synth.tsv")
     threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
     conda:
         "../../envs/emoca.yaml"
     shell:
-        "emoca synth {params.out_dir:q} --assets {input:q} --n {params.n_images}"
+        "emoca synth {params.out_dir:q} --assets {input.assets:q} --n {params.n_images}"
         " --seed {params.seed} --image-size {params.image_size}"
         " --images-per-identity {params.images_per_identity} > {log:q} 2>&1"
