@@ -14,9 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles", "envs", "slurm")
+from workflow_helpers import copy_workflow
 
 # synth (threads 2) -> detect plan -> 2 detection shards (threads 1) -> summary.
 SMALL = """
@@ -46,7 +44,7 @@ def _slurm_node_up() -> bool:
 
 
 pytestmark = pytest.mark.skipif(not _slurm_node_up(),
-                                reason="no Slurm node up (sinfo/sacct missing, no idle node or no accounting)")
+                                reason="no Slurm: no sinfo/sacct, no idle node or no accounting")
 
 
 def _env() -> dict[str, str]:
@@ -74,14 +72,7 @@ def _sacct(job_ids: list[str]) -> dict[str, dict[str, str]]:
 def test_small_dag_runs_under_slurm_with_the_cpus_of_its_rules(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        if src.is_symlink():
-            (work / name).symlink_to(os.readlink(src))
-        elif src.is_dir():
-            shutil.copytree(src, work / name)
-        else:
-            shutil.copy(src, work / name)
+    copy_workflow(work)
     (work / "small.yaml").write_text(SMALL)
     target = "results/detect/synthetic/summary.json"
     # SIGINT on timeout: snakemake ignored SIGTERM once while status polling failed.

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles", "envs", "slurm")
+from workflow_helpers import copy_workflow
 
 
 def _env() -> dict[str, str]:
@@ -54,23 +52,12 @@ TINY_EMOCA = ("max_steps: -1\nmax_epochs: 1\nbatch_size: 8\nmodel: {image_size: 
               "val_every_n_epochs: 1\nlimit_val_batches: 1\n")
 
 
-def _copy_workflow(work: Path) -> None:
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        if src.is_symlink():
-            (work / name).symlink_to(os.readlink(src))
-        elif src.is_dir():
-            shutil.copytree(src, work / name)
-        else:
-            shutil.copy(src, work / name)
-
-
 @pytest.fixture()
 def workdir(tmp_path: Path) -> Path:
     """A copy of the workflow in a folder whose name has a space and non-ASCII letters."""
     work = tmp_path / "wörk dir"
     work.mkdir()
-    _copy_workflow(work)
+    copy_workflow(work)
     (work / "small.yaml").write_text(SMALL_CONFIG)
     (work / "tiny_mlp.yaml").write_text(TINY_MLP)
     (work / "tiny_cnn.yaml").write_text(TINY_CNN)
@@ -259,7 +246,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_outputs_of_an_uninterrupted_run(
     # Both runs in one folder (outputs hold absolute input paths): first uninterrupted.
     work = tmp_path / "work"
     work.mkdir()
-    _copy_workflow(work)
+    copy_workflow(work)
     (work / "small.yaml").write_text(DETECT_CONFIG)
     _snakemake(work, DETECT_TARGET, "--configfile", "small.yaml")
     first = _detection_outputs(work / "results")

@@ -184,7 +184,7 @@ def _val_by_hash(image_id: str) -> bool:
 
 def _labelled_faces(folder: Path) -> pa.Table:
     """One ok row per image of a reconstruction folder, with valid AffectNet labels."""
-    from emoca_pipeline.models.emotion import filter_affectnet_labels
+    from emoca_pipeline.data.affectnet import filter_affectnet_labels
 
     wanted = ["image_id", "status", "face_index", "split", *LABELS, *CODE_COLUMNS]
     table = first_faces(read_reconstruction_table(folder, wanted))

@@ -47,6 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from emoca_pipeline.data.affectnet import AFFECTNET_CLASSES, filter_affectnet_labels
 from emoca_pipeline.evaluation.metrics import (
     ClassificationAccumulator,
     ClassificationMetrics,
@@ -55,7 +56,6 @@ from emoca_pipeline.evaluation.metrics import (
 )
 from emoca_pipeline.evaluation.tables import csv_table, format_value, latex_table, markdown_table
 from emoca_pipeline.io import atomic_output, atomic_write_text
-from emoca_pipeline.models.emotion import AFFECTNET_CLASSES, filter_affectnet_labels
 
 __all__ = [
     "PREDICTIONS_SCHEMA",

@@ -35,25 +35,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from emoca_pipeline.data.plan import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "LABEL_COLUMNS",
-    "VIDEO_EXTENSIONS",
     "InputItem",
     "InputSpec",
     "iter_items",
     "open_input",
 ]
 
-#: Image extensions listed from a folder (the data stage's set).
-IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff",
-    ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".j2k", ".avif",
-})
-#: Extensions read as a video.
-VIDEO_EXTENSIONS = frozenset({
-    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
-})
 #: Label columns passed through to the output when the input has them, with their type there.
 LABEL_COLUMNS: dict[str, pa.DataType] = {
     "dataset": pa.string(), "split": pa.string(), "identity": pa.string(),

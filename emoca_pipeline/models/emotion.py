@@ -20,16 +20,20 @@ Facts matched from the original EMOCA code (``gdl/models/EmoCnnModule.py``,
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+
+from emoca_pipeline.data.affectnet import (
+    AFFECTNET_CLASSES,
+    filter_affectnet_labels,
+)
 
 __all__ = [
     "AFFECTNET_CLASSES",
@@ -45,22 +49,6 @@ __all__ = [
     "load_emotion_model",
     "save_emotion_model",
 ]
-
-#: AffectNet's expression classes 0..7 in the dataset's own order. Labels 8 (None),
-#: 9 (Uncertain) and 10 (Non-face) are dropped for training and evaluation.
-AFFECTNET_CLASSES: tuple[str, ...] = (
-    "Neutral",
-    "Happy",
-    "Sad",
-    "Surprise",
-    "Fear",
-    "Disgust",
-    "Anger",
-    "Contempt",
-)
-
-#: AffectNet's marker for a missing valence/arousal annotation.
-AFFECTNET_INVALID_VA = -2.0
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -354,56 +342,6 @@ class EmoMLP(nn.Module):
         features = self.hidden(self.concat_inputs(shape, expression, jaw))
         expr, valence, arousal = _split_head(self.head(features), self.settings.n_expressions)
         return EmotionOutput(expr, valence, arousal, features)
-
-
-def _column(values: Any, name: str) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().numpy()
-    array = np.asarray(values)
-    if array.ndim == 2 and array.shape[1] == 1:
-        array = array[:, 0]
-    if array.ndim != 1:
-        raise ValueError(f"{name}: expected shape (N,), got {tuple(array.shape)}")
-    if not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"{name}: expected numbers, got dtype {array.dtype}")
-    return array
-
-
-def filter_affectnet_labels(
-    expression: Sequence[int] | np.ndarray | torch.Tensor,
-    valence: Sequence[float] | np.ndarray | torch.Tensor,
-    arousal: Sequence[float] | np.ndarray | torch.Tensor,
-) -> np.ndarray:
-    """Rows usable for 8-class AffectNet training/evaluation ("like EmoNet").
-
-    Keeps rows whose expression is one of the 8 classes 0..7 (drops 8 None, 9 Uncertain,
-    10 Non-face and anything else out of range, NaN included) and whose valence and arousal
-    are finite and not AffectNet's -2 "missing" marker.
-
-    expression, valence, arousal: (N,) each. Returns a (N,) bool mask.
-    """
-    expr = _column(expression, "expression").astype(np.float64)
-    v = _column(valence, "valence").astype(np.float64)
-    a = _column(arousal, "arousal").astype(np.float64)
-    if not (expr.shape[0] == v.shape[0] == a.shape[0]):
-        raise ValueError(
-            f"expression, valence, arousal differ in length: "
-            f"{expr.shape[0]}, {v.shape[0]}, {a.shape[0]}"
-        )
-    with np.errstate(invalid="ignore"):
-        valid_class = (
-            np.isfinite(expr)
-            & (expr == np.round(expr))
-            & (expr >= 0)
-            & (expr < len(AFFECTNET_CLASSES))
-        )
-        valid_va = (
-            np.isfinite(v)
-            & np.isfinite(a)
-            & (v != AFFECTNET_INVALID_VA)
-            & (a != AFFECTNET_INVALID_VA)
-        )
-    return valid_class & valid_va
 
 
 # ---------------------------------------------------------------------------------------
