@@ -59,6 +59,15 @@ def test_image_network_outputs() -> None:
     torch.testing.assert_close(out.expr_logits, F.log_softmax(raw[:, :8], dim=1))
 
 
+def test_image_network_heads_are_float32_under_bf16_autocast() -> None:
+    # bf16 log-softmax rows sum to 1 only within ~1e-2, which the emotion table refuses.
+    torch.manual_seed(0)
+    net = EmotionImageNet(8).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(torch.rand(3, 3, 64, 64))
+    assert out.expr_logits.dtype == out.valence.dtype == out.arousal.dtype == torch.float32
+    torch.testing.assert_close(out.expr_logits.exp().sum(1), torch.ones(3), atol=1e-6, rtol=0)
+
 def test_image_network_normalisation_option() -> None:
     plain = EmotionImageNet().eval()
     normalised = EmotionImageNet(input_normalization="imagenet").eval()

@@ -72,7 +72,10 @@ class EmotionOutput(NamedTuple):
 
 
 def _split_head(output: torch.Tensor, n_expressions: int) -> tuple[torch.Tensor, ...]:
-    """(N, C + 2) head output -> log-probabilities (N, C), valence (N,), arousal (N,)."""
+    """(N, C + 2) head output -> log-probabilities (N, C), valence (N,), arousal (N,), all
+    float32: under bf16 autocast the head's output is bf16, whose log-softmax rows are
+    normalised only to ~1e-2."""
+    output = output.float()
     expr_log_probs = F.log_softmax(output[:, :n_expressions], dim=1)
     return expr_log_probs, output[:, n_expressions], output[:, n_expressions + 1]
 
