@@ -57,8 +57,10 @@ DIRECTIONAL_LIGHT = (0.4, 0.6, -0.4)
 #: Gaussian blur (UV texels, about 1 mm each on the procedural head) that makes it smooth.
 DISPLACEMENT_PEAK = 0.009
 DISPLACEMENT_SIGMA = 10.0
-STEPS = 20
-LEARNING_RATE = 1.0e-3
+#: Seen at 1e-3: as good; at 2e-3 the z_sym sum (an L1 over the whole UV map) wins and
+#: photometric_uv does not move in this many steps.
+STEPS = 30
+LEARNING_RATE = 7.0e-4
 
 
 @pytest.fixture(autouse=True)
@@ -216,8 +218,9 @@ def test_detail_stage_learns_fixed_detail_on_held_out_identities(
                          results_dir=detail_data.config.parent / "results")
     trained = load_emoca_checkpoint(result.model_path)
     after = _photometric_uv(trained, detail_data, batch)
-    # Seen (seed 0): before 0.391, generating map 0.269, after 20 steps 0.313.
-    assert after < 0.9 * before, (before, reachable, after)
+    # Seen: before 0.391, generating map 0.269, after 0.273 (ratio 0.70; 0.66 with seeds
+    # 1 and 2 of the config and the map).
+    assert after < 0.85 * before, (before, reachable, after)
     # Only the detail branch trained: E_flame is the coarse model's.
     for key, value in coarse.E_flame.state_dict().items():
         assert torch.equal(trained.E_flame.state_dict()[key], value), key

@@ -8,8 +8,9 @@ demo's DECA stage may use) gives the frozen E_flame; then
   EmotionImageNet saved as the model.pt ``emoca train emotion`` writes) and NO ground-truth
   terms must lower the emotion-consistency, eye-closure and lip-distance losses.
 
-(A detail-stage counterpart is missing: the synthetic photos are rendered from the coarse
-mesh, so 12 steps moved ``photometric_uv`` on held-out images by 0.1% only.)
+The detail stage's counterpart is tests/test_detail_learning.py: the synthetic photos are
+rendered from the coarse mesh (12 steps moved ``photometric_uv`` on them by 0.1 %), so it
+renders photos that hold a known displacement first.
 
 "Held out" is every image of the val and test splits (identities never seen in training,
 8 photos); the same batch is measured before and after, in eval mode, with the same loss.
