@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["add_command", "positive_int", "set_threads"]
+__all__ = ["add_command", "add_mlflow_options", "positive_int", "set_threads"]
 
 
 def add_command(
@@ -39,3 +40,19 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def add_mlflow_options(parser: argparse.ArgumentParser, experiment_default: str,
+                       run_name: str | None = None) -> None:
+    """``--tracking-uri``, ``--results``, ``--experiment`` and, when ``run_name`` (the default
+    run name, shown in the help) is given, ``--run-name``: where a job's MLflow run goes."""
+    group = parser.add_argument_group("MLflow (a child run of the workflow's run)")
+    group.add_argument("--tracking-uri", metavar="URI",
+                       help="MLflow tracking URI (default: sqlite:///RESULTS/mlflow.db)")
+    group.add_argument("--results", type=Path, default=Path("results"), metavar="RESULTS",
+                       help="results folder holding the default MLflow database "
+                            "(default: results)")
+    group.add_argument("--experiment", metavar="NAME",
+                       help=f"MLflow experiment (default: {experiment_default})")
+    if run_name is not None:
+        group.add_argument("--run-name", metavar="NAME", help=f"run name (default: {run_name})")

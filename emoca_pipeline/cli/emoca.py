@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from emoca_pipeline.cli.common import add_command, positive_int, set_threads
+from emoca_pipeline.cli.common import add_command, add_mlflow_options, positive_int, set_threads
 
 __all__ = ["register_import_checkpoint", "register_train"]
 
@@ -80,13 +80,7 @@ def register_train(train_subparsers: argparse._SubParsersAction) -> None:
                             help="start from this model.pt (replaces the config's init)")
         parser.add_argument("--assets", type=Path, metavar="DIR",
                             help="FLAME asset folder (replaces the config's assets)")
-        parser.add_argument("--tracking-uri", metavar="URI",
-                            help="MLflow tracking URI (default: sqlite:///RESULTS/mlflow.db)")
-        parser.add_argument("--results", type=Path, default=Path("results"), metavar="RESULTS",
-                            help="results folder holding the default MLflow database "
-                                 "(default: results)")
-        parser.add_argument("--experiment", metavar="NAME",
-                            help="MLflow experiment (default: the config's 'experiment')")
+        add_mlflow_options(parser, "the config's 'experiment'")
         parser.add_argument("--threads", type=positive_int, metavar="N",
                             help="torch CPU threads (default: torch's choice)")
         parser.set_defaults(func=_train, stage=stage)

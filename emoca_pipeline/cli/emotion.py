@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emoca_pipeline.cli.common import add_command, positive_int, set_threads
+from emoca_pipeline.cli.common import add_command, add_mlflow_options, positive_int, set_threads
 from emoca_pipeline.cli.evaluate import add_tracking_options
 
 __all__ = ["register_eval", "register_predict", "register_train"]
@@ -65,13 +65,7 @@ def register_train(train_subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--codes", type=Path, metavar="TABLE",
                         help="Parquet of codes (shape, exp, pose) joined on image_id, instead "
                              "of the manifest's own (--input codes)")
-    parser.add_argument("--tracking-uri", metavar="URI",
-                        help="MLflow tracking URI (default: sqlite:///RESULTS/mlflow.db)")
-    parser.add_argument("--results", type=Path, default=Path("results"), metavar="RESULTS",
-                        help="results folder holding the default MLflow database "
-                             "(default: results)")
-    parser.add_argument("--experiment", metavar="NAME",
-                        help="MLflow experiment (default: the config's 'experiment')")
+    add_mlflow_options(parser, "the config's 'experiment'")
     parser.add_argument("--name", metavar="NAME",
                         help="model and run name (default: the config's 'name')")
     parser.add_argument("--threads", type=positive_int, metavar="N",

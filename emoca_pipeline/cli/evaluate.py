@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from emoca_pipeline.cli.common import add_command, positive_int, set_threads
+from emoca_pipeline.cli.common import add_command, add_mlflow_options, positive_int, set_threads
 
 __all__ = ["add_tracking_options", "register_eval", "tracked_evaluation"]
 
@@ -42,15 +42,7 @@ def _named(pairs: list[tuple[str, Path]], option: str) -> dict[str, Path]:
 def add_tracking_options(parser: argparse.ArgumentParser, run_name: str) -> None:
     """``--tracking-uri``, ``--results``, ``--experiment``, ``--run-name`` and ``--threads``
     of an evaluation command (``run_name``: the default run name, shown in the help)."""
-    group = parser.add_argument_group("MLflow (a child run of the workflow's run)")
-    group.add_argument("--tracking-uri", metavar="URI",
-                       help="MLflow tracking URI (default: sqlite:///RESULTS/mlflow.db)")
-    group.add_argument("--results", type=Path, default=Path("results"), metavar="RESULTS",
-                       help="results folder holding the default MLflow database "
-                            "(default: results)")
-    group.add_argument("--experiment", metavar="NAME",
-                       help="MLflow experiment (default: emoca-pipeline)")
-    group.add_argument("--run-name", metavar="NAME", help=f"run name (default: {run_name})")
+    add_mlflow_options(parser, "emoca-pipeline", run_name)
     parser.add_argument("--threads", type=positive_int, metavar="N",
                         help="torch CPU threads (default: torch's choice)")
 
