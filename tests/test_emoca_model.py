@@ -118,6 +118,25 @@ def test_resnet18_encoder_option_is_torchvisions_trunk_and_round_trips(
                                    light.encode(images, with_detail=False).exp)
 
 
+def test_cloned_expression_head_starts_at_flame_encoders_expression(
+        procedural_assets: Path) -> None:
+    torch.manual_seed(3)
+    m = EmocaModel.from_assets(procedural_assets, SMALL, use_texture=False).eval()
+    images = torch.rand(2, 3, 64, 64)
+    start = SMALL.n_shape + SMALL.n_tex  # E_flame's code: shape, tex, exp, pose, cam, light
+    with torch.no_grad():
+        flame_exp = m.E_flame(images)[:, start:start + SMALL.n_exp]
+        assert not torch.allclose(m.set_stage("coarse").encode(images, False).exp, flame_exp)
+        m.clone_expression_trunk()
+        m.clone_expression_head()
+        torch.testing.assert_close(m.encode(images, with_detail=False).exp, flame_exp)
+    no_expression = EmocaModel.from_assets(
+        procedural_assets, dataclasses.replace(SMALL, expression_backbone="none"),
+        use_texture=False)
+    with pytest.raises(ValueError, match="no E_expression"):
+        no_expression.clone_expression_head()
+
+
 def test_flame_encoder_is_frozen_and_stays_in_eval_mode(model: EmocaModel) -> None:
     assert torch.equal(model.E_expression.encoder.conv1.weight, model.E_flame.encoder.conv1.weight)
     model.set_stage("coarse").train()

@@ -232,10 +232,10 @@ def test_deca_regularisers_and_ground_truth_terms_by_hand() -> None:
         "shape_reg": 1e-4 * (codes["shape"].numpy() ** 2).sum() / 2,
         "tex_reg": 2e-4 * (codes["tex"].numpy() ** 2).sum() / 2,
         "light_reg": ((light - light.mean(axis=2, keepdims=True)) ** 2).mean(),
-        "gt_shape": np.abs(codes["shape"].numpy() - truth["shape"].numpy()).mean(),
-        "gt_exp": 0.5 * np.abs(exp.numpy() - truth["exp"].numpy()).mean(),
-        "gt_pose": np.abs(codes["pose"].numpy() - truth["pose"].numpy()).mean(),
-        "gt_cam": 2.0 * np.abs(codes["cam"].numpy() - truth["cam"].numpy()).mean(),
+        "gt_shape": ((codes["shape"].numpy() - truth["shape"].numpy()) ** 2).mean(),
+        "gt_exp": 0.5 * ((exp.numpy() - truth["exp"].numpy()) ** 2).mean(),
+        "gt_pose": ((codes["pose"].numpy() - truth["pose"].numpy()) ** 2).mean(),
+        "gt_cam": 2.0 * ((codes["cam"].numpy() - truth["cam"].numpy()) ** 2).mean(),
     }
     for name, value in expected.items():
         assert float(terms.terms[name]) == pytest.approx(value, rel=1e-5), name
@@ -286,6 +286,10 @@ def test_ground_truth_terms_need_synthetic_assist(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="both.yaml: synthetic_assist: true is not allowed "
                                          "with paper: true"):
         load_emoca_settings(both)
+    cloned = _write_config(tmp_path / "cloned.yaml", paper=True, clone_expression_head=True)
+    with pytest.raises(ValueError, match="cloned.yaml: clone_expression_head: true is not "
+                                         "allowed with paper: true"):
+        load_emoca_settings(cloned)
     assisted = _write_config(tmp_path / "ok.yaml", synthetic_assist=True,
                              deca={"gt_cam": 1.0})
     assert load_emoca_settings(assisted).deca.gt_cam == 1.0

@@ -147,6 +147,29 @@ def test_torchvision_trunk_weights(tmp_path: Path) -> None:
     )
 
 
+def test_resnet18_backbone_is_torchvisions_and_saves_its_backbone(tmp_path: Path) -> None:
+    from emoca_pipeline.models.emotion import load_emotion_model, save_emotion_model
+
+    reference = torchvision.models.resnet18(weights=None).eval()
+    with torch.no_grad():
+        reference.layer4[1].bn2.running_var.uniform_(0.5, 2.0)
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
+    model = EmotionImageNet(weights_path=tmp_path / "resnet18.pth", backbone="resnet18").eval()
+    images = torch.rand(2, 3, 64, 64)
+    reference.fc = torch.nn.Identity()
+    with torch.no_grad():
+        torch.testing.assert_close(model.features(images), reference(images))
+        out = model(images)
+    assert model.head.in_features == 512 and out.features.shape == (2, 512)
+    saved = save_emotion_model(tmp_path / "model.pt", model, name="light", image_size=64)
+    loaded, spec = load_emotion_model(saved)
+    assert spec["backbone"] == "resnet18"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images).expr_logits, out.expr_logits)
+    with pytest.raises(ValueError, match="resnet18"):
+        EmotionImageNet(weights_path=tmp_path / "resnet18.pth")  # a ResNet-50 does not fit
+
+
 def test_bad_weights_files(tmp_path: Path) -> None:
     partial = {k: v for k, v in EmotionImageNet().state_dict().items() if k != "head.bias"}
     torch.save(partial, tmp_path / "partial.pt")

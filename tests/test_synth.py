@@ -11,7 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from emoca_pipeline.synth import SYNTHETIC_SCHEMA, SynthSettings, generate_synthetic_dataset
-from emoca_pipeline.synth.dataset import _background, _sample_codes
+from emoca_pipeline.synth.dataset import (
+    FREE_ACTION_RATE,
+    VISIBLE_DISPLACEMENT,
+    _background,
+    _sample_codes,
+    expression_spread,
+)
 from emoca_pipeline.synth.labels import (
     JAW_UNIT,
     NEUTRAL_THRESHOLD,
@@ -39,7 +45,7 @@ def test_table_schema_and_files(synthetic_dataset: Path) -> None:
     table = _table(synthetic_dataset)
     assert table.schema.remove_metadata() == SYNTHETIC_SCHEMA
     assert table.num_rows == 32
-    assert table.schema.metadata[b"emoca.schema_version"] == b"1"
+    assert table.schema.metadata[b"emoca.schema_version"] == b"2"
     for rel in table.column("path").to_pylist():
         assert _photo(synthetic_dataset, rel).shape == (160, 160, 3)
     assert len(set(table.column("image_id").to_pylist())) == 32
@@ -75,10 +81,39 @@ def test_labels_follow_the_documented_function(synthetic_dataset: Path) -> None:
     np.testing.assert_allclose(valence, _column(table, "valence"))
     np.testing.assert_allclose(arousal, _column(table, "arousal"))
     assert (np.abs(valence) < 1).all() and (np.abs(arousal) < 1).all()
-    # The sampler aims at a class; the label function agrees with the aim almost always.
-    wanted = _sample_codes(SynthSettings(n_images=32, image_size=160), 50)["wanted"]
-    assert (wanted == classes).mean() >= 0.8
+    # The sampler aims at a class, and the free actions are in no prototype: the label is
+    # always the aim.
+    wanted = _sample_codes(SynthSettings(n_images=32, image_size=160), 50, np.ones(50))["wanted"]
+    np.testing.assert_array_equal(wanted, classes)
     assert len(set(classes)) >= 6
+
+
+def test_every_expression_the_faces_show_is_visible(procedural_assets: Path) -> None:
+    import torch
+
+    from emoca_pipeline.flame.assets import load_flame_assets
+
+    flame = load_flame_assets(procedural_assets, n_shape=100, n_exp=50).flame
+    spread = expression_spread(flame.shapedirs[:, :, 100:].double().numpy())
+    exp = _sample_codes(SynthSettings(n_images=400), 50, spread)["exp"]
+    protos = prototype_matrix()[:, :25]
+    free = np.flatnonzero(np.abs(protos).sum(axis=0) == 0)
+    assert free.size == 11
+    assert (exp[:, 25:] == 0).all()  # the fine bumps no 64 px crop shows
+    assert (exp[:, :25].std(axis=0) > 0.2).all()  # every named action varies
+    shown = (exp[:, free] != 0).mean(axis=0)
+    np.testing.assert_allclose(shown, FREE_ACTION_RATE, atol=0.08)
+    # One standard deviation of each free action moves the surface by the visible amount,
+    # measured through the FLAME layer (not the blend-shape columns the spread is made of).
+    with torch.no_grad():
+        zeros = torch.zeros(len(free), 100, dtype=torch.float32)
+        codes = torch.zeros(len(free), 50)
+        codes[torch.arange(len(free)), torch.as_tensor(free)] = torch.as_tensor(
+            spread[free], dtype=torch.float32)
+        moved = flame(zeros, codes, torch.zeros(len(free), 6)).vertices
+        rest = flame(zeros, torch.zeros(len(free), 50), torch.zeros(len(free), 6)).vertices
+    peak = (moved - rest).norm(dim=2).max(dim=1).values.numpy()
+    np.testing.assert_allclose(peak, VISIBLE_DISPLACEMENT, rtol=1e-3)
 
 
 def test_label_function_by_hand() -> None:

@@ -133,11 +133,14 @@ def light_regularizer(light: Tensor) -> Tensor:
 
 
 def ground_truth_code_loss(predicted: Tensor, target: Tensor) -> Tensor:
-    """Mean L1 between predicted and ground-truth codes (N, K) (synthetic data only)."""
+    """Mean squared error between predicted and ground-truth codes (N, K) (synthetic data
+    only). Squared, not L1: L1 pulls each component to its conditional median, which is 0
+    for an action that most faces do not show, so an L1-trained encoder learns to predict
+    no expression at all."""
     if predicted.shape != target.shape:
         raise ValueError(f"ground-truth codes: predicted {tuple(predicted.shape)} and target "
                          f"{tuple(target.shape)} differ in shape")
-    return (predicted - target).abs().mean()
+    return (predicted - target).square().mean()
 
 
 def shading_smoothness_loss(shading: Tensor) -> Tensor:
@@ -206,7 +209,7 @@ class CoarseLossWeights:
     A term > 0 whose network or inputs are missing is an error.
     shape_reg, tex_reg: x sum(code^2)/2; light_reg: white-light prior (DECA's coarse
     pre-training: 1e-4, 1e-4, 1.0; 0 in EMOCA's stage, where E_flame is frozen).
-    gt_shape, gt_exp, gt_pose, gt_cam: auxiliary mean-L1 losses on ground-truth codes (the
+    gt_shape, gt_exp, gt_pose, gt_cam: auxiliary mean-squared losses on ground-truth codes (the
     camera in the crop's frame). Not in the paper: synthetic data has ground truth, and on
     a CPU budget of a few minutes it is what makes a from-scratch E_flame usable. 0: off
     (the term is still logged when the batch has ground truth).

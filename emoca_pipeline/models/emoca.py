@@ -33,7 +33,7 @@ from emoca_pipeline.flame.io import FlameModelData, LandmarkEmbedding, MediaPipe
 from emoca_pipeline.flame.model import FLAME
 from emoca_pipeline.flame.texture import FlameTexture
 from emoca_pipeline.models.decoders import DetailGenerator
-from emoca_pipeline.models.encoders import ResnetEncoder, split_flame_code
+from emoca_pipeline.models.encoders import FLAME_CODE_ORDER, ResnetEncoder, split_flame_code
 from emoca_pipeline.render import (
     MeshRenderer,
     orthographic_project,
@@ -343,6 +343,25 @@ class EmocaModel(nn.Module):
         """Copy E_flame's ResNet trunk into E_expression (EMOCA's ``deca_clone``)."""
         if self.E_expression is not None:
             self.E_expression.encoder.load_state_dict(self.E_flame.encoder.state_dict())
+
+    def clone_expression_head(self) -> None:
+        """Copy E_flame's head into E_expression's: the hidden layer whole, and of the output
+        layer the rows (and biases) of the expression code, so that E_expression starts out
+        predicting exactly E_flame's expression (with the trunk cloned too).
+
+        Not EMOCA: its E_expression head starts fresh, which works from a DECA trained for
+        days; a short CPU run starts its expression at DECA's instead of at random."""
+        if self.E_expression is None:
+            raise ValueError("clone_expression_head: the model has no E_expression")
+        widths = self.settings.code_widths
+        start = sum(widths[name] for name in FLAME_CODE_ORDER[:FLAME_CODE_ORDER.index("exp")])
+        rows = slice(start, start + widths["exp"])
+        source, target = self.E_flame.layers, self.E_expression.layers
+        with torch.no_grad():
+            target[0].weight.copy_(source[0].weight)
+            target[0].bias.copy_(source[0].bias)
+            target[2].weight.copy_(source[2].weight[rows])
+            target[2].bias.copy_(source[2].bias[rows])
 
     # ---------------------------------------------------------------- modes
 

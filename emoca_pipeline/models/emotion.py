@@ -61,8 +61,9 @@ class EmotionOutput(NamedTuple):
         so ``exp`` sums to 1 per row; still valid logits for ``softmax``/``argmax``).
     valence: (N,) predicted valence (no activation; AffectNet's range is [-1, 1]).
     arousal: (N,) predicted arousal (no activation).
-    features: (N, F) the last hidden representation: (N, 2048) pooled ResNet-50 features for
-        :class:`EmotionImageNet`, (N, hidden_dim) for :class:`EmoMLP`.
+    features: (N, F) the last hidden representation: pooled trunk features for
+        :class:`EmotionImageNet` (2048; 512 with ResNet-18), (N, hidden_dim) for
+        :class:`EmoMLP`.
     """
 
     expr_logits: torch.Tensor
@@ -113,15 +114,17 @@ def _check_images(images: torch.Tensor) -> None:
 
 
 class EmotionImageNet(nn.Module):
-    """ResNet-50 emotion network: images -> 8 expression log-probabilities, valence, arousal.
+    """ResNet emotion network: images -> 8 expression log-probabilities, valence, arousal.
 
     Args:
         n_expressions: number of expression classes (AffectNet: 8).
         weights_path: optional local file, never downloaded (see :meth:`load_weights`).
         backbone: ``"frnet"`` (default, the original EmoCnn's VGGFace2 ResNet-50: stride on
             the first 1x1 conv of a downsampling block, ``MaxPool2d(3, 2, 0,
-            ceil_mode=True)``) or ``"torchvision"`` (torchvision's ResNet-50: the same
-            parameter names and shapes, different features; for networks trained with it).
+            ceil_mode=True)``), ``"torchvision"`` (torchvision's ResNet-50: the same
+            parameter names and shapes, different features; for networks trained with it)
+            or ``"resnet18"`` (torchvision's ResNet-18, 512-d features: a lighter option for
+            CPU demos, 3x faster per training step than a ResNet-50 at 64 px; not EMOCA's).
         input_normalization: ``"none"`` (EMOCA's convention: the network sees [0, 1] RGB as
             is) or ``"imagenet"`` (subtract ImageNet mean, divide by std inside the model,
             for trunks pretrained that way).
@@ -131,18 +134,17 @@ class EmotionImageNet(nn.Module):
     because rendered images with SH shading may slightly exceed 1.
     """
 
-    feature_dim = 2048
-
     def __init__(
         self,
         n_expressions: int = len(AFFECTNET_CLASSES),
         weights_path: str | os.PathLike | None = None,
         input_normalization: Literal["none", "imagenet"] = "none",
-        backbone: Literal["frnet", "torchvision"] = "frnet",
+        backbone: Literal["frnet", "torchvision", "resnet18"] = "frnet",
     ) -> None:
         super().__init__()
-        if backbone not in ("frnet", "torchvision"):
-            raise ValueError(f"backbone: expected 'frnet' or 'torchvision', got {backbone!r}")
+        if backbone not in ("frnet", "torchvision", "resnet18"):
+            raise ValueError(f"backbone: expected 'frnet', 'torchvision' or 'resnet18', got "
+                             f"{backbone!r}")
         if n_expressions < 1:
             raise ValueError(f"n_expressions: must be >= 1, got {n_expressions}")
         if input_normalization not in ("none", "imagenet"):
@@ -156,9 +158,12 @@ class EmotionImageNet(nn.Module):
             from emoca_pipeline.models.frnet import FRNetResNet50
 
             self.trunk: nn.Module = FRNetResNet50()
+            self.feature_dim = FRNetResNet50.feature_dim
         else:
-            trunk = torchvision.models.resnet50(weights=None)
-            trunk.fc = nn.Identity()  # the trunk ends at the 2048-d average-pooled features
+            trunk = getattr(torchvision.models,
+                            "resnet18" if backbone == "resnet18" else "resnet50")(weights=None)
+            self.feature_dim = trunk.fc.in_features  # 512 or 2048
+            trunk.fc = nn.Identity()  # the trunk ends at the average-pooled features
             self.trunk = trunk
         self.head = nn.Linear(self.feature_dim, n_expressions + 2)
         self.register_buffer(
@@ -215,7 +220,8 @@ class EmotionImageNet(nn.Module):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled ResNet-50 features, the input of EMOCA's emotion-consistency loss.
 
-        images: (N, 3, H, W) float RGB in [0, 1]. Returns (N, 2048). For that loss the
+        images: (N, 3, H, W) float RGB in [0, 1]. Returns (N, F): F = 2048 (512 for the
+        ``resnet18`` backbone). For that loss the
         network is trained beforehand and frozen: ``.eval().requires_grad_(False)``.
         """
         _check_images(images)
@@ -224,7 +230,7 @@ class EmotionImageNet(nn.Module):
         return self.trunk(images)
 
     def forward(self, images: torch.Tensor) -> EmotionOutput:
-        """images: (N, 3, H, W) float RGB in [0, 1] -> EmotionOutput (features (N, 2048))."""
+        """images: (N, 3, H, W) float RGB in [0, 1] -> EmotionOutput (features (N, F))."""
         features = self.features(images)
         expr, valence, arousal = _split_head(self.head(features), self.n_expressions)
         return EmotionOutput(expr, valence, arousal, features)
@@ -362,7 +368,7 @@ def build_emotion_model(
     mlp: EmoMLPSettings | None = None,
     weights_path: str | os.PathLike | None = None,
     input_normalization: Literal["none", "imagenet"] = "none",
-    backbone: Literal["frnet", "torchvision"] = "frnet",
+    backbone: Literal["frnet", "torchvision", "resnet18"] = "frnet",
 ) -> EmoMLP | EmotionImageNet:
     """A fresh network for ``input``: :class:`EmoMLP` (``mlp`` settings) on codes, the
     ResNet-50 :class:`EmotionImageNet` (``backbone``, optional local ``weights_path``) on

@@ -43,8 +43,18 @@ __all__ = ["SYNTHETIC_SCHEMA", "SynthSettings", "generate_synthetic_dataset"]
 
 TABLE_FILE = "synthetic.parquet"
 CONTACT_SHEET_FILE = "contact_sheet.png"
-SCHEMA_VERSION = "1"
-EYES_CLOSE = 9  # named action index of the procedural model's eyelid closer
+SCHEMA_VERSION = "2"
+#: Intensity range of the wanted class's (unit) prototype.
+CLASS_INTENSITY = (2.0, 4.0)
+#: Chance that a face shows each action that is in no class prototype.
+FREE_ACTION_RATE = 0.35
+#: Peak vertex displacement (FLAME units, metres) of one standard deviation of a free action:
+#: about 1.7 px in a 64 px crop.
+VISIBLE_DISPLACEMENT = 0.006
+#: Largest magnitude of a free action's coefficient (the eyelids close at 3).
+MAX_FREE_ACTION = 3.0
+#: Named actions that only go one way (jaw_drop, eyes_close, cheek_puff).
+ONE_SIDED_ACTIONS = (0, 9, 17)
 
 
 def _vec(n: int) -> pa.DataType:
@@ -116,11 +126,28 @@ def _identity_split(n_identities: int, settings: SynthSettings) -> np.ndarray:
     return np.minimum(split, 2)
 
 
-def _sample_codes(settings: SynthSettings, n_tex: int) -> dict[str, np.ndarray]:
-    """All sampled parameters of all images, (n_images, ...) float32 arrays."""
+def expression_spread(exprdirs: np.ndarray) -> np.ndarray:
+    """Standard deviation of each free action's coefficient: the one that moves its most
+    displaced vertex by :data:`VISIBLE_DISPLACEMENT` (exprdirs: (V, 3, n_exp) -> (n_exp,))."""
+    peak = np.linalg.norm(exprdirs, axis=1).max(axis=0)
+    return VISIBLE_DISPLACEMENT / np.maximum(peak, 1e-9)
+
+
+def _sample_codes(settings: SynthSettings, n_tex: int, spread: np.ndarray
+                  ) -> dict[str, np.ndarray]:
+    """All sampled parameters of all images, (n_images, ...) float32 arrays.
+
+    The expression is made of what a face shows: the wanted class's prototype at an intensity
+    in :data:`CLASS_INTENSITY` (none for Neutral), and each action that is in no prototype,
+    with probability :data:`FREE_ACTION_RATE`, at N(0, ``spread``) (one-sided actions take the
+    absolute value). Components past the named actions stay 0: the procedural model's fine
+    bumps there move the surface by under a pixel in a 64 px crop, so no image shows them.
+    The label of every face is therefore its wanted class (free actions are in no prototype).
+    """
     n = settings.n_images
     n_identities = -(-n // settings.images_per_identity)
     protos = prototype_matrix()
+    free = np.flatnonzero(np.abs(protos[:, :NUM_NAMED]).sum(axis=0) == 0)
     shape = np.zeros((n, 100), np.float32)
     tex = np.zeros((n, 50), np.float32)
     for ident in range(n_identities):
@@ -139,11 +166,13 @@ def _sample_codes(settings: SynthSettings, n_tex: int) -> dict[str, np.ndarray]:
         wanted[i] = rng.integers(8)
         z = np.zeros(NUM_NAMED + 1)
         if wanted[i] > 0:
-            z += rng.uniform(1.4, 3.2) * protos[wanted[i] - 1]
-        exp[i] = rng.normal(0.0, 0.25, 50)
-        exp[i, :NUM_NAMED] += z[:NUM_NAMED]
-        if rng.random() < 0.1:  # a blink now and then
-            exp[i, EYES_CLOSE] = rng.uniform(1.0, 3.0)
+            z += rng.uniform(*CLASS_INTENSITY) * protos[wanted[i] - 1]
+        exp[i, :NUM_NAMED] = z[:NUM_NAMED]
+        shown = free[rng.random(free.size) < FREE_ACTION_RATE]
+        values = rng.normal(0.0, spread[shown])
+        one_sided = np.isin(shown, ONE_SIDED_ACTIONS)
+        values[one_sided] = np.abs(values[one_sided])
+        exp[i, shown] = np.clip(values, -MAX_FREE_ACTION, MAX_FREE_ACTION)
         jaw_open = max(0.0, z[NUM_NAMED] * JAW_UNIT + rng.normal(0.0, 0.03))
         yaw, pitch, roll = np.deg2rad([rng.uniform(-35, 35), rng.uniform(-15, 15),
                                        rng.uniform(-20, 20)])
@@ -247,7 +276,8 @@ def generate_synthetic_dataset(
     n_tex = flame_assets.texture.n_tex if flame_assets.texture is not None else 0
     size = settings.image_size
     renderer = make_renderer(flame_assets, image_size=size)
-    codes = _sample_codes(settings, n_tex)
+    spread = expression_spread(flame_assets.flame.shapedirs[:, :, 100:].double().numpy())
+    codes = _sample_codes(settings, n_tex, spread)
     n = settings.n_images
     labels, valence, arousal = emotion_labels(codes["exp"], codes["pose"][:, 3:])
     identity = np.arange(n) // settings.images_per_identity

@@ -208,7 +208,8 @@ def prepare_model(model: EmocaModel, settings: EmocaTrainingSettings, stage: Sta
                   data: EmocaDataModule | None = None) -> EmocaModel:
     """Stage set-up: the deca stage from assets starts E_flame's head at the camera of the
     mean training crop (``init_flame_head``, needs ``data``); the coarse stage clones
-    E_flame's trunk into E_expression (``clone_expression_trunk``)."""
+    E_flame's trunk into E_expression (``clone_expression_trunk``) and its expression head
+    (``clone_expression_head``)."""
     if stage == "deca" and settings.init is None and settings.init_flame_head:
         if data is None:
             raise ValueError("prepare_model: init_flame_head needs the data module")
@@ -227,6 +228,11 @@ def prepare_model(model: EmocaModel, settings: EmocaTrainingSettings, stage: Sta
             raise ValueError("clone_expression_trunk: the model has no E_expression "
                              "(expression_backbone: none)")
         model.clone_expression_trunk()
+    if stage == "coarse" and settings.clone_expression_head:
+        if model.E_expression is None:
+            raise ValueError("clone_expression_head: the model has no E_expression "
+                             "(expression_backbone: none)")
+        model.clone_expression_head()
     return model
 
 

@@ -82,6 +82,10 @@ class EmocaTrainingSettings(FitSettings):
         :meth:`EmocaModel.init_flame_head`).
     clone_expression_trunk: coarse stage: copy E_flame's trunk into E_expression first
         (EMOCA's ``deca_clone`` on a freshly trained DECA).
+    clone_expression_head: coarse stage: also copy E_flame's head (hidden layer, expression
+        rows) into E_expression's, so that EMOCA starts at DECA's expression. Not EMOCA (its
+        head starts fresh from a DECA trained for days); for short CPU runs. Refused with
+        ``paper: true``.
     batch_size, k_per_identity: identities x images per batch (the detail stage
         exchanges detail codes, the deca stage shape codes, among the K images of one
         identity; papers: DECA K=4, EMOCA detail K=3).
@@ -120,6 +124,7 @@ class EmocaTrainingSettings(FitSettings):
     learning_rate: float | None = Field(None, gt=0.0)
     init_flame_head: bool = True
     clone_expression_trunk: bool = False
+    clone_expression_head: bool = False
     batch_size: int = Field(8, ge=1)
     k_per_identity: int = Field(4, ge=1)
     recalibrate_batchnorm: int = Field(0, ge=0)
@@ -127,6 +132,9 @@ class EmocaTrainingSettings(FitSettings):
 
     @model_validator(mode="after")
     def _assist(self) -> EmocaTrainingSettings:
+        if self.paper and self.clone_expression_head:
+            raise ValueError("clone_expression_head: true is not allowed with paper: true "
+                             "(EMOCA's expression head starts fresh)")
         if self.paper and self.synthetic_assist:
             raise ValueError("synthetic_assist: true is not allowed with paper: true (the "
                              "ground-truth terms are not EMOCA)")

@@ -22,14 +22,15 @@ class EmotionImageSettings(SettingsModel):
     image_size: side of the square face crop fed to the network (EMOCA: 224; smaller is
         faster on a CPU, ResNet-50's adaptive pooling takes >= 32).
     input_normalization: "none" (EMOCA: [0, 1] RGB as is) or "imagenet".
-    backbone: "frnet" (the original EmoCnn's VGGFace2 ResNet-50) or "torchvision".
+    backbone: "frnet" (the original EmoCnn's VGGFace2 ResNet-50), "torchvision" (ResNet-50)
+        or "resnet18" (torchvision's ResNet-18: a lighter option for CPU demos; not EMOCA's).
     weights: optional local state-dict file to start from (a torchvision ResNet-50 or this
         network's own); relative paths are relative to the config file's folder.
     """
 
     image_size: int = Field(224, ge=32)
     input_normalization: Literal["none", "imagenet"] = "none"
-    backbone: Literal["frnet", "torchvision"] = "frnet"
+    backbone: Literal["frnet", "torchvision", "resnet18"] = "frnet"
     weights: str | None = None
 
 
