@@ -18,7 +18,9 @@ Columns (means over the test images the models all reconstructed):
   true inter-ocular distance (outer eye corners, points 36 and 45); models: the ``landmarks``
   column of the reconstruction; reference rows: projected with their codes' camera;
 * ``Exp-PCC``: Pearson correlation of each expression component over the test images,
-  averaged over the components (undefined, "--", for a constant prediction); the
+  averaged over the components where it is defined: a component constant in the ground
+  truth (the synthetic data hold components 25-49 at 0) or in the prediction has none ("--"
+  for a constant prediction); the table's note says how many components vary; the
   per-component values are in the JSON;
 * ``Jaw (deg)``, ``Pose (deg)``: mean geodesic angle between predicted and true jaw and
   global rotations;
@@ -307,6 +309,7 @@ def evaluate_synthetic(reconstructions: Mapping[str, str | os.PathLike],
                                            "A-CCC": metrics.arousal.ccc})
         emotion_note = (f"emotion: EmoMLP per row on its train-split codes ({emotion_config}); "
                         f"full table in {emotion.markdown.name} under emotion/")
+    varying = int((np.ptp(truth_test.exp, axis=0) > 0).sum())
     rows_out = {name: {c: float(r.get(c, math.nan)) for c in TABLE_COLUMNS}
                 for name, r in results.items()}
     tables = write_tables(
@@ -314,7 +317,9 @@ def evaluate_synthetic(reconstructions: Mapping[str, str | os.PathLike],
         [list(r.values()) for r in rows_out.values()], digits=DIGITS,
         notes=[f"Synthetic test split: {test.size} images of unseen identities. V-err in "
                f"FLAME units (metres; mm = x{UNITS_TO_MM:g}); NME normalised by the "
-               f"inter-ocular distance (points 36-45); {emotion_note}."],
+               f"inter-ocular distance (points 36-45); Exp-PCC: mean over the "
+               f"{varying} expression components that vary in the test split's ground truth "
+               f"(a constant has no correlation); {emotion_note}."],
         comment="synthetic benchmark, test split", extra={"n": [int(test.size)] * len(rows_out)})
 
     def plain(value: object) -> object:
