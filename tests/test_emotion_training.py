@@ -515,3 +515,20 @@ def test_training_schema_checks_configs_as_the_loader_does(network: str, tmp_pat
         else:
             with pytest.raises(ValueError, match=f"^{re.escape(str(config))}: "):
                 load(config)
+
+
+def test_precision_auto_is_float32_without_avx512_and_bf16_with_native_bf16() -> None:
+    from emoca_pipeline.training.fit import FitSettings, trainer_precision
+
+    assert trainer_precision(FitSettings(precision="16-mixed")) == "16-mixed"
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    flags = set(re.findall(r"\b(avx512\w*|amx\w*)\b", cpuinfo.read_text()))
+    resolved = trainer_precision(FitSettings(precision="auto", accelerator="cpu"))
+    if not flags:  # no AVX-512 at all: bf16 would be emulated (20x slower, measured)
+        assert resolved == "32-true"
+    elif {"avx512_bf16", "amx_bf16"} & flags:
+        assert resolved == "bf16-mixed"
+    else:
+        pytest.skip("AVX-512 without native bf16: oneDNN's own choice")

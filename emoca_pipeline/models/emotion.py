@@ -218,7 +218,7 @@ class EmotionImageNet(nn.Module):
                              + ", ".join(problems))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled ResNet-50 features, the input of EMOCA's emotion-consistency loss.
+        """Pooled trunk features, the input of EMOCA's emotion-consistency loss.
 
         images: (N, 3, H, W) float RGB in [0, 1]. Returns (N, F): F = 2048 (512 for the
         ``resnet18`` backbone). For that loss the
@@ -371,7 +371,7 @@ def build_emotion_model(
     backbone: Literal["frnet", "torchvision", "resnet18"] = "frnet",
 ) -> EmoMLP | EmotionImageNet:
     """A fresh network for ``input``: :class:`EmoMLP` (``mlp`` settings) on codes, the
-    ResNet-50 :class:`EmotionImageNet` (``backbone``, optional local ``weights_path``) on
+    :class:`EmotionImageNet` (``backbone``, optional local ``weights_path``) on
     images."""
     if input == "codes":
         return EmoMLP(mlp or EmoMLPSettings())
