@@ -532,3 +532,18 @@ def test_precision_auto_is_float32_without_avx512_and_bf16_with_native_bf16() ->
         assert resolved == "bf16-mixed"
     else:
         pytest.skip("AVX-512 without native bf16: oneDNN's own choice")
+
+
+def test_max_steps_ending_the_first_epoch_before_its_validation_keeps_the_last_weights(
+        tmp_path: Path, codes_table: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Lightning's default early stopping also checks at the end of a training epoch, where
+    # val/loss does not exist yet when max_steps cut the epoch short: that run crashed.
+    config = tmp_path / "short.yaml"
+    config.write_text(MLP_CONFIG + "max_steps: 2\nval_every_n_epochs: 1\n")
+    torch.set_num_threads(1)
+    with caplog.at_level(logging.WARNING):
+        result = train_emotion(config, codes_table, tmp_path / "out", "codes",
+                               results_dir=tmp_path / "results")
+    assert "no validation ran" in caplog.text
+    assert json.loads((tmp_path / "out" / "training.json").read_text())["steps"] == 2
+    assert load_emotion_model(result.model_path)[0] is not None
