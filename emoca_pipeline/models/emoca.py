@@ -352,7 +352,8 @@ class EmocaModel(nn.Module):
         Not EMOCA: its E_expression head starts fresh, which works from a DECA trained for
         days; a short CPU run starts its expression at DECA's instead of at random."""
         if self.E_expression is None:
-            raise ValueError("clone_expression_head: the model has no E_expression")
+            raise ValueError("clone_expression_head: the model has no E_expression "
+                             "(expression_backbone: none)")
         widths = self.settings.code_widths
         start = sum(widths[name] for name in FLAME_CODE_ORDER[:FLAME_CODE_ORDER.index("exp")])
         rows = slice(start, start + widths["exp"])

@@ -124,7 +124,8 @@ class EmotionImageNet(nn.Module):
             ceil_mode=True)``), ``"torchvision"`` (torchvision's ResNet-50: the same
             parameter names and shapes, different features; for networks trained with it)
             or ``"resnet18"`` (torchvision's ResNet-18, 512-d features: a lighter option for
-            CPU demos, 3x faster per training step than a ResNet-50 at 64 px; not EMOCA's).
+            CPU demos, 2.8x faster per float32 training step than a ResNet-50 at 64 px,
+            benchmarks/bench_train.py; not EMOCA's).
         input_normalization: ``"none"`` (EMOCA's convention: the network sees [0, 1] RGB as
             is) or ``"imagenet"`` (subtract ImageNet mean, divide by std inside the model,
             for trunks pretrained that way).

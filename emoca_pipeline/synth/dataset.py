@@ -276,7 +276,8 @@ def generate_synthetic_dataset(
     n_tex = flame_assets.texture.n_tex if flame_assets.texture is not None else 0
     size = settings.image_size
     renderer = make_renderer(flame_assets, image_size=size)
-    spread = expression_spread(flame_assets.flame.shapedirs[:, :, 100:].double().numpy())
+    flame = flame_assets.flame
+    spread = expression_spread(flame.shapedirs[:, :, flame.n_shape:].double().numpy())
     codes = _sample_codes(settings, n_tex, spread)
     n = settings.n_images
     labels, valence, arousal = emotion_labels(codes["exp"], codes["pose"][:, 3:])

@@ -229,9 +229,6 @@ def prepare_model(model: EmocaModel, settings: EmocaTrainingSettings, stage: Sta
                              "(expression_backbone: none)")
         model.clone_expression_trunk()
     if stage == "coarse" and settings.clone_expression_head:
-        if model.E_expression is None:
-            raise ValueError("clone_expression_head: the model has no E_expression "
-                             "(expression_backbone: none)")
         model.clone_expression_head()
     return model
 
